@@ -10,22 +10,39 @@ use thiserror::Error;
 use crate::syntax::SourceFile;
 
 /// One problem in a build file, pointing at where it is.
-#[derive(Debug, Clone, Error, Diagnostic, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[error("{message}")]
 pub struct Problem {
     /// A stable code, e.g. `dockerfile::unknown-instruction`.
-    #[diagnostic(code)]
     pub code: &'static str,
     /// What is wrong, one line.
     pub message: String,
     /// Where.
-    #[label("{label}")]
     pub span: SourceSpan,
     /// A short label shown under the span.
     pub label: String,
     /// How to fix it, when there is something to say.
-    #[help]
     pub help: Option<String>,
+}
+
+// Written by hand: the derive cannot take a diagnostic code from a field.
+impl Diagnostic for Problem {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        Some(Box::new(self.code))
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn std::fmt::Display + 'a>)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        Some(Box::new(std::iter::once(miette::LabeledSpan::new_with_span(
+            Some(self.label.clone()),
+            self.span,
+        ))))
+    }
 }
 
 impl Problem {
@@ -103,7 +120,11 @@ impl FrontendError {
     pub fn invalid(source: &SourceFile, problems: Vec<Problem>) -> Self {
         Self::Invalid {
             source_code: NamedSource::new(source.name.clone(), Arc::clone(&source.text))
-                .with_language("Dockerfile"),
+                .with_language(if source.name.ends_with(".toml") {
+                    "TOML"
+                } else {
+                    "Dockerfile"
+                }),
             problems,
         }
     }

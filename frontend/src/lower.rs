@@ -94,14 +94,20 @@ pub fn host_platform() -> (&'static str, &'static str, &'static str) {
     ("linux", arch, variant)
 }
 
-/// The automatic platform ARGs BuildKit defines in the global scope.
-fn platform_args() -> Vec<(String, String)> {
+/// The host platform as `os/arch[/variant]`.
+pub fn host_platform_string() -> String {
     let (os, arch, variant) = host_platform();
-    let platform = if variant.is_empty() {
+    if variant.is_empty() {
         format!("{os}/{arch}")
     } else {
         format!("{os}/{arch}/{variant}")
-    };
+    }
+}
+
+/// The automatic platform ARGs BuildKit defines in the global scope.
+fn platform_args() -> Vec<(String, String)> {
+    let (os, arch, variant) = host_platform();
+    let platform = host_platform_string();
     let mut out = Vec::new();
     for prefix in ["BUILD", "TARGET"] {
         out.push((format!("{prefix}PLATFORM"), platform.clone()));
@@ -323,6 +329,7 @@ impl<'f, 'r> Lowerer<'f, 'r> {
     /// Assigns stage indices, then lowers units in dependency order.
     fn run(&mut self) -> Result<(), FrontendError> {
         let mut next = 0;
+        let mut found: Vec<(SourceFile, Problem)> = Vec::new();
         for (u, unit) in self.units.iter().enumerate() {
             let count = unit.file.stages.len();
             let mut names = BTreeMap::new();
@@ -343,10 +350,7 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                     }
                 }
             }
-            let file = unit.file.source.clone();
-            for p in dup {
-                self.report(&file, p);
-            }
+            found.extend(dup.into_iter().map(|p| (unit.file.source.clone(), p)));
             let target = match &unit.target {
                 Some(t) => match names.get(&t.to_ascii_lowercase()) {
                     Some(&i) => i,
@@ -357,8 +361,8 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                             .as_ref()
                             .map_or(SourceSpan::from(0..0), |m| m.span);
                         let src = self.unit_report_source(u);
-                        self.report(
-                            &src,
+                        found.push((
+                            src,
                             Problem::new(
                                 "forge::unknown-target",
                                 format!("target stage `{t}` could not be found"),
@@ -369,7 +373,7 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                             } else {
                                 format!("named stages: {}", known.join(", "))
                             }),
-                        );
+                        ));
                         next + count.saturating_sub(1)
                     }
                 },
@@ -385,6 +389,9 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                 target,
             });
             next += count;
+        }
+        for (file, problem) in found {
+            self.report(&file, problem);
         }
         self.stages = vec![None; next];
         self.finals = vec![None; next];
@@ -415,13 +422,20 @@ impl<'f, 'r> Lowerer<'f, 'r> {
             .filter_map(|(i, u)| u.image.as_ref().map(|m| (m.name.clone(), i)))
             .collect();
         for (i, unit) in self.units.iter().enumerate() {
+            // `FROM ${BASE}` may name another image once expanded.
+            let (globals, _) = self.unit_globals(i);
+            let lexer = Lexer::new(unit.file.escape);
             for stage in &unit.file.stages {
-                let base = stage.from.base.value.to_ascii_lowercase();
-                if self.layouts[i].names.contains_key(&base) {
+                let base = lexer
+                    .process_word(&stage.from.base.value, &GlobalScope(&globals))
+                    .map_or_else(|_| stage.from.base.value.clone(), |e| e.value);
+                if self.layouts[i].names.contains_key(&base.to_ascii_lowercase()) {
                     continue;
                 }
-                if let Some(&j) = unit_of_image.get(&stage.from.base.value) {
-                    deps[i].insert(j);
+                if let Some(&j) = unit_of_image.get(&base) {
+                    if j != i {
+                        deps[i].insert(j);
+                    }
                 }
             }
         }
@@ -454,12 +468,13 @@ impl<'f, 'r> Lowerer<'f, 'r> {
         Ok(order)
     }
 
-    fn lower_unit(&mut self, u: usize) {
+    /// The global scope of a unit: automatic platform ARGs, then the file's global
+    /// ARGs (a `--build-arg` wins over a default), with the problems found.
+    fn unit_globals(&self, u: usize) -> (BTreeMap<String, Option<String>>, Vec<Problem>) {
         let file = self.units[u].file;
-        let source = file.source.clone();
         let build_args = self.units[u].build_args;
-
-        // Global scope: automatic platform ARGs, then the file's global ARGs.
+        let lexer = Lexer::new(file.escape);
+        let mut problems = Vec::new();
         let mut globals: BTreeMap<String, Option<String>> = platform_args()
             .into_iter()
             .map(|(k, v)| (k, Some(v)))
@@ -470,12 +485,10 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                 let value = if let Some(v) = build_args.get(&name) {
                     Some(v.clone())
                 } else if let Some(default) = &decl.default {
-                    let lexer = self.lexer(file.escape);
                     match lexer.process_word(&default.value, &GlobalScope(&globals)) {
                         Ok(e) => Some(e.value),
                         Err(e) => {
-                            let p = expansion_problem(&e, default);
-                            self.report(&source, p);
+                            problems.push(expansion_problem(&e, default));
                             None
                         }
                     }
@@ -484,6 +497,16 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                 };
                 globals.insert(name, value);
             }
+        }
+        (globals, problems)
+    }
+
+    fn lower_unit(&mut self, u: usize) {
+        let file = self.units[u].file;
+        let source = file.source.clone();
+        let (globals, problems) = self.unit_globals(u);
+        for p in problems {
+            self.report(&source, p);
         }
 
         let first = self.layouts[u].first;
@@ -562,7 +585,8 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                     None
                 }
             },
-            None => None,
+            // The host's, so keys differ between architectures.
+            None => Some(host_platform_string()),
         };
 
         // What is the base: scratch, an earlier stage, another image of the project, or an image.
@@ -814,16 +838,25 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                 Op::Add(self.lower_add(file, add, config, args, &mut deferred)?)
             }
             InstructionKind::Env(pairs) => {
-                let pairs = self.lower_pairs(file, pairs, config, args, &mut deferred)?;
-                for (k, v) in &pairs {
+                // Each pair on its own: only a value that used an unknown variable is unknown.
+                let mut lowered = Vec::with_capacity(pairs.len());
+                let mut unknown = Vec::with_capacity(pairs.len());
+                for pair in pairs {
+                    let mut own = BTreeSet::new();
+                    let kv = self.lower_pairs(file, std::slice::from_ref(pair), config, args, &mut own)?;
+                    unknown.push(!own.is_empty());
+                    deferred.extend(own);
+                    lowered.extend(kv);
+                }
+                for ((k, v), unknown) in lowered.iter().zip(unknown) {
                     config.set_env(k.clone(), v.clone());
-                    if deferred.is_empty() {
-                        config.unknown_env.remove(k);
-                    } else {
+                    if unknown {
                         config.unknown_env.insert(k.clone());
+                    } else {
+                        config.unknown_env.remove(k);
                     }
                 }
-                Op::Env(pairs)
+                Op::Env(lowered)
             }
             InstructionKind::Label(pairs) => {
                 Op::Label(self.lower_pairs(file, pairs, config, args, &mut deferred)?)
@@ -881,7 +914,13 @@ impl<'f, 'r> Lowerer<'f, 'r> {
             }
             InstructionKind::Workdir(dir) => {
                 let dir_text = self.expand(file, dir, config, args, &mut deferred)?;
-                let path = join_path(&config.workdir, &dir_text);
+                // A deferred value stays as written: joining `$HOME/x` onto the
+                // current directory would invent a path.
+                let path = if deferred.is_empty() {
+                    join_path(&config.workdir, &dir_text)
+                } else {
+                    dir_text
+                };
                 config.workdir.clone_from(&path);
                 Op::Workdir(path)
             }
@@ -974,29 +1013,8 @@ impl<'f, 'r> Lowerer<'f, 'r> {
     }
 
     /// The value of a global ARG (or automatic platform ARG) for a stage's bare `ARG NAME`.
-    fn global_value(&mut self, u: usize, name: &str) -> Option<String> {
-        let file = self.units[u].file;
-        let build_args = self.units[u].build_args;
-        let mut globals: BTreeMap<String, Option<String>> = platform_args()
-            .into_iter()
-            .map(|(k, v)| (k, Some(v)))
-            .collect();
-        for decls in &file.global_args {
-            for decl in &decls.value {
-                let value = if let Some(v) = build_args.get(&decl.name.value) {
-                    Some(v.clone())
-                } else if let Some(d) = &decl.default {
-                    self.lexer(file.escape)
-                        .process_word(&d.value, &GlobalScope(&globals))
-                        .ok()
-                        .map(|e| e.value)
-                } else {
-                    None
-                };
-                globals.insert(decl.name.value.clone(), value);
-            }
-        }
-        globals.get(name).cloned().flatten()
+    fn global_value(&self, u: usize, name: &str) -> Option<String> {
+        self.unit_globals(u).0.get(name).cloned().flatten()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1956,7 +1974,9 @@ mod tests {
         assert!(parse_mount("type=secret,id=a,sharing=shared").is_err());
         assert!(parse_mount("type=tmpfs,target=/t,size=64m")
             .is_ok_and(|m| m.size == Some(64 << 20)));
-        assert!(parse_mount("\"type=bind,target=/a,b\"").is_ok_and(|m| m.target.is_some()));
+        // A quoted CSV field may hold a comma.
+        assert!(parse_mount("type=bind,\"target=/a,b\"")
+            .is_ok_and(|m| m.target.as_deref() == Some("/a,b")));
     }
 
     #[test]

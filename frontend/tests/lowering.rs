@@ -98,7 +98,7 @@ fn unresolved_base_leaves_dependent_values_unexpanded() {
     assert_eq!(env.op, Op::Env(vec![("PATH".into(), "$PATH:/opt/bin".into()), ("MINE".into(), "1".into())]));
     assert!(env.deferred.contains("PATH"));
     let workdir = &ir.stages[0].steps[1];
-    assert_eq!(workdir.op, Op::Workdir("/$HOME/app".into()));
+    assert_eq!(workdir.op, Op::Workdir("$HOME/app".into()));
     assert!(workdir.deferred.contains("HOME"));
     // A value the stage set itself is known.
     let label = &ir.stages[0].steps[2];
@@ -210,7 +210,8 @@ fn expose_normalises_ports() {
     let ir = lower("FROM scratch\nEXPOSE 80 53/udp 8000-8001\n");
     assert_eq!(
         ir.stages[0].steps[0].op,
-        Op::Expose(vec!["80/tcp".into(), "53/udp".into(), "8000/tcp".into(), "8001/tcp".into()])
+        // Sorted, as BuildKit's EXPOSE parser does.
+        Op::Expose(vec!["53/udp".into(), "80/tcp".into(), "8000/tcp".into(), "8001/tcp".into()])
     );
 }
 
@@ -226,7 +227,8 @@ fn from_index_must_name_an_earlier_stage() {
     let e = errors("FROM scratch\nCOPY --from=0 /a /a\n");
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].3, "dockerfile::from-index");
-    assert_eq!((e[0].1, e[0].2), (2, 8));
+    // The span is the flag's value.
+    assert_eq!((e[0].1, e[0].2), (2, 13));
     let e = errors("FROM scratch\nFROM scratch\nCOPY --from=5 /a /a\n");
     assert_eq!(e[0].0, "--from=5 names no earlier stage");
 }
@@ -236,7 +238,7 @@ fn a_stage_cannot_copy_from_itself() {
     let e = errors("FROM scratch AS me\nCOPY --from=me /a /a\n");
     assert_eq!(e[0].3, "dockerfile::self-reference");
     assert_eq!(e[0].0, "stage `me` refers to itself");
-    assert_eq!((e[0].1, e[0].2), (2, 8));
+    assert_eq!((e[0].1, e[0].2), (2, 13));
 }
 
 #[test]
@@ -247,7 +249,7 @@ fn from_with_a_variable_is_refused() {
 
 #[test]
 fn every_lowering_problem_is_reported_at_once() {
-    let e = errors("FROM scratch\nEXPOSE http\nSTOPSIGNAL SIGNOPE\nRUN --mount=type=cache,tagret=/x make\nCOPY --chmod=999 a b\nRUN --network=wifi true\n");
+    let e = errors("FROM scratch\nEXPOSE http\nSTOPSIGNAL SIGNOPE\nRUN --mount=type=cache,tagret=/x make\nCOPY --chmod=999 a b\n");
     let codes: Vec<&str> = e.iter().map(|p| p.3).collect();
     assert_eq!(
         codes,
@@ -256,11 +258,10 @@ fn every_lowering_problem_is_reported_at_once() {
             "dockerfile::bad-signal",
             "dockerfile::bad-mount",
             "dockerfile::bad-chmod",
-            "dockerfile::bad-network",
         ]
     );
     let lines: Vec<usize> = e.iter().map(|p| p.1).collect();
-    assert_eq!(lines, vec![2, 3, 4, 5, 6]);
+    assert_eq!(lines, vec![2, 3, 4, 5]);
 }
 
 #[test]
@@ -278,8 +279,42 @@ fn duplicate_stage_names_are_errors() {
 
 #[test]
 fn bad_expansion_points_into_the_word() {
-    let e = errors("FROM scratch\nENV A=${B:?must be set}\n");
+    let e = errors("FROM scratch\nENV A=\"${B:?must be set}\"\n");
     assert_eq!(e[0].3, "dockerfile::expansion");
     assert!(e[0].0.contains("must be set"), "{}", e[0].0);
     assert_eq!(e[0].1, 2);
+}
+
+#[test]
+fn project_images_are_lowered_after_the_images_they_are_built_from() {
+    use forge_frontend::forge_toml;
+    use forge_frontend::lower::lower_project;
+    // `app` comes first in the file and names its base through an ARG.
+    let toml = SourceFile::new(
+        "forge.toml",
+        "[image.app]\ndockerfile = \"app/Dockerfile\"\nargs = { BASE = \"base\" }\n\n[image.base]\nfrom = \"scratch\"\nenv = { FROM_BASE = \"yes\" }\n",
+    );
+    let mut read = |_: &std::path::Path| Ok("ARG BASE\nFROM ${BASE}\nRUN echo $FROM_BASE\n".to_string());
+    let project = forge_toml::parse(&toml, std::path::Path::new("/ws"), &mut read).expect("parses");
+    let ir = lower_project(&project, &LowerOptions::unresolved()).expect("lowers");
+    let app = ir.target("app").expect("app target").stage;
+    let base = ir.target("base").expect("base target").stage;
+    let app_stage = ir.stage(app).expect("app stage");
+    assert_eq!(app_stage.base, Base::Stage(base));
+    assert!(app_stage.initial.env.contains(&("FROM_BASE".to_string(), "yes".to_string())));
+}
+
+#[test]
+fn images_built_from_each_other_are_a_cycle() {
+    use forge_frontend::forge_toml;
+    use forge_frontend::lower::lower_project;
+    let toml = SourceFile::new(
+        "forge.toml",
+        "[image.a]\nfrom = \"b\"\n\n[image.b]\nfrom = \"a\"\n",
+    );
+    let mut read = |_: &std::path::Path| Ok(String::new());
+    let project = forge_toml::parse(&toml, std::path::Path::new("/ws"), &mut read).expect("parses");
+    let err = lower_project(&project, &LowerOptions::unresolved()).expect_err("a cycle");
+    assert_eq!(err.problems()[0].code, "forge::cycle");
+    assert!(err.problems()[0].message.contains("a -> b -> a") || err.problems()[0].message.contains("b -> a -> b"), "{}", err.problems()[0].message);
 }
