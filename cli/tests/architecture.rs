@@ -8,20 +8,52 @@ use std::process::Command;
 
 /// (crate, crates it must never depend on, directly or not).
 const FORBIDDEN: &[(&str, &[&str])] = &[
-    ("forge-ir", &["forge-frontend", "forge-graph", "forge-executor", "forge-cache"]),
-    ("forge-graph", &["forge-frontend", "forge-executor", "forge-cache"]),
+    (
+        "forge-ir",
+        &[
+            "forge-frontend",
+            "forge-graph",
+            "forge-executor",
+            "forge-cache",
+        ],
+    ),
+    (
+        "forge-graph",
+        &["forge-frontend", "forge-executor", "forge-cache"],
+    ),
     ("forge-executor", &["forge-frontend"]),
-    ("forge-cache", &["forge-frontend", "forge-graph", "forge-executor", "forge-ir"]),
-    ("forge-frontend", &["forge-graph", "forge-executor", "forge-cache"]),
+    (
+        "forge-cache",
+        &[
+            "forge-frontend",
+            "forge-graph",
+            "forge-executor",
+            "forge-ir",
+        ],
+    ),
+    (
+        "forge-frontend",
+        &["forge-graph", "forge-executor", "forge-cache"],
+    ),
 ];
 
 fn workspace_edges() -> BTreeMap<String, BTreeSet<String>> {
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .expect("cargo metadata runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
     let mut edges = BTreeMap::new();
     for package in meta["packages"].as_array().expect("packages") {
@@ -57,7 +89,10 @@ fn reachable(edges: &BTreeMap<String, BTreeSet<String>>, from: &str) -> BTreeSet
 fn forbidden_crate_edges_are_absent() {
     let edges = workspace_edges();
     for (krate, banned) in FORBIDDEN {
-        assert!(edges.contains_key(*krate), "{krate} is not in the workspace");
+        assert!(
+            edges.contains_key(*krate),
+            "{krate} is not in the workspace"
+        );
         let reach = reachable(&edges, krate);
         for b in *banned {
             assert!(

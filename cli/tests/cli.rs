@@ -75,7 +75,13 @@ fn dry_run_plans_the_example() {
 
 #[test]
 fn dry_run_with_a_target_prunes_other_stages() {
-    let out = forge(&["build", "--dry-run", "--target", "builder", "examples/hello"]);
+    let out = forge(&[
+        "build",
+        "--dry-run",
+        "--target",
+        "builder",
+        "examples/hello",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let plan = stdout(&out);
     assert!(plan.contains("tr 'a-z'"), "{plan}");
@@ -135,7 +141,11 @@ fn building_without_an_executor_says_so() {
 #[test]
 fn build_args_reach_the_plan() {
     let dir = temp_dir("args");
-    std::fs::write(dir.join("Dockerfile"), "FROM scratch\nARG V=1\nLABEL v=$V\n").expect("write");
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nARG V=1\nLABEL v=$V\n",
+    )
+    .expect("write");
     let d = dir.to_str().expect("utf-8 path");
     let a = forge(&["debug", "ir", d]);
     let b = forge(&["debug", "ir", "--build-arg", "V=2", d]);

@@ -13,7 +13,9 @@ fn dockerfile(lines: usize) -> String {
     let mut stage = 0;
     while s.lines().count() < lines {
         if s.lines().count() >= stage * lines / 10 {
-            s.push_str(&format!("\nFROM ${{BASE}} AS stage{stage}\nARG VERSION=1.{stage}\n"));
+            s.push_str(&format!(
+                "\nFROM ${{BASE}} AS stage{stage}\nARG VERSION=1.{stage}\n"
+            ));
             stage += 1;
         }
         let n = s.lines().count();
@@ -84,7 +86,9 @@ fn main() {
         std::process::exit(1);
     };
     let opts = LowerOptions::unresolved();
-    let lower = time(runs, || lower_dockerfile(&parsed, &opts).map(|ir| ir.stages.len()));
+    let lower = time(runs, || {
+        lower_dockerfile(&parsed, &opts).map(|ir| ir.stages.len())
+    });
     let per_100 = parse.as_secs_f64() * 1e6 / (lines as f64 / 100.0);
     println!("Dockerfile: {lines} lines, parse {parse:?} (median of {runs}), {per_100:.1} µs per 100 lines; lower {lower:?}");
 
@@ -93,12 +97,17 @@ fn main() {
     let toml_source = SourceFile::new("forge.toml", toml_text);
     let mut read = |_: &std::path::Path| Ok(String::new());
     let parse_toml = time(runs, || {
-        forge_toml::parse(&toml_source, std::path::Path::new("."), &mut read).map(|p| p.images.len())
+        forge_toml::parse(&toml_source, std::path::Path::new("."), &mut read)
+            .map(|p| p.images.len())
     });
     let Ok(project) = forge_toml::parse(&toml_source, std::path::Path::new("."), &mut read) else {
         eprintln!("generated forge.toml does not parse");
         std::process::exit(1);
     };
-    let lower_toml = time(runs, || lower_project(&project, &opts).map(|ir| ir.stages.len()));
-    println!("forge.toml: 200 images, {toml_lines} lines, parse {parse_toml:?}, lower {lower_toml:?}");
+    let lower_toml = time(runs, || {
+        lower_project(&project, &opts).map(|ir| ir.stages.len())
+    });
+    println!(
+        "forge.toml: 200 images, {toml_lines} lines, parse {parse_toml:?}, lower {lower_toml:?}"
+    );
 }

@@ -65,7 +65,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
 mod tests {
     #[test]
     fn suggests_close_words_only() {
-        assert_eq!(super::suggest("tagret", &["target", "type"]), Some("target"));
+        assert_eq!(
+            super::suggest("tagret", &["target", "type"]),
+            Some("target")
+        );
         assert_eq!(super::suggest("RUNN", &["RUN", "COPY"]), Some("RUN"));
         assert_eq!(super::suggest("xyzzy", &["RUN", "COPY"]), None);
         assert_eq!(super::suggest("rnu", &["run", "copy"]), Some("run"));

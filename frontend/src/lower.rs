@@ -291,6 +291,8 @@ struct Lowerer<'f, 'r> {
     /// Problems per file name, with the file.
     problems: Vec<(SourceFile, Vec<Problem>)>,
     lexer_cache: BTreeMap<char, Lexer>,
+    /// Line indexes by file name, so each step's origin costs a binary search.
+    line_indexes: BTreeMap<String, crate::syntax::LineIndex>,
     /// Stages referenced as a base by a stage, for ordering.
     extra_targets: Vec<Target>,
 }
@@ -308,6 +310,7 @@ impl<'f, 'r> Lowerer<'f, 'r> {
             project_source: None,
             problems: Vec::new(),
             lexer_cache: BTreeMap::new(),
+            line_indexes: BTreeMap::new(),
             extra_targets: extra,
         }
     }
@@ -318,6 +321,13 @@ impl<'f, 'r> Lowerer<'f, 'r> {
         } else {
             self.problems.push((file.clone(), vec![problem]));
         }
+    }
+
+    fn line_col(&mut self, file: &SourceFile, offset: usize) -> (usize, usize) {
+        self.line_indexes
+            .entry(file.name.clone())
+            .or_insert_with(|| crate::syntax::LineIndex::new(&file.text))
+            .line_col(&file.text, offset)
     }
 
     fn lexer(&mut self, escape: char) -> &Lexer {
@@ -429,7 +439,10 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                 let base = lexer
                     .process_word(&stage.from.base.value, &GlobalScope(&globals))
                     .map_or_else(|_| stage.from.base.value.clone(), |e| e.value);
-                if self.layouts[i].names.contains_key(&base.to_ascii_lowercase()) {
+                if self.layouts[i]
+                    .names
+                    .contains_key(&base.to_ascii_lowercase())
+                {
                     continue;
                 }
                 if let Some(&j) = unit_of_image.get(&base) {
@@ -631,7 +644,9 @@ impl<'f, 'r> Lowerer<'f, 'r> {
             }
             Base::Stage(StageId(j))
         } else if key == "scratch" {
-            config.env.push(("PATH".to_string(), DEFAULT_PATH.to_string()));
+            config
+                .env
+                .push(("PATH".to_string(), DEFAULT_PATH.to_string()));
             Base::Scratch
         } else {
             let resolved = match self.resolver.resolve(&base_text, platform.as_deref()) {
@@ -652,7 +667,9 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                 Some(img) => {
                     config.env.clone_from(&img.env);
                     if !config.env.iter().any(|(k, _)| k == "PATH") {
-                        config.env.push(("PATH".to_string(), DEFAULT_PATH.to_string()));
+                        config
+                            .env
+                            .push(("PATH".to_string(), DEFAULT_PATH.to_string()));
                     }
                     if !img.workdir.is_empty() {
                         config.workdir.clone_from(&img.workdir);
@@ -720,7 +737,8 @@ impl<'f, 'r> Lowerer<'f, 'r> {
         }
 
         for instr in &stage.instructions {
-            if let Some(step) = self.lower_instruction(u, index, file, instr, &mut config, &mut args)
+            if let Some(step) =
+                self.lower_instruction(u, index, file, instr, &mut config, &mut args)
             {
                 steps.push(step);
             }
@@ -734,7 +752,7 @@ impl<'f, 'r> Lowerer<'f, 'r> {
             (Some(n), _) => Some(n.value.to_ascii_lowercase()),
             (None, _) => None,
         };
-        let (line, column) = source.line_col(from.span.offset());
+        let (line, column) = self.line_col(&source, from.span.offset());
         let stage = Stage {
             id: StageId(index),
             name,
@@ -843,7 +861,8 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                 let mut unknown = Vec::with_capacity(pairs.len());
                 for pair in pairs {
                     let mut own = BTreeSet::new();
-                    let kv = self.lower_pairs(file, std::slice::from_ref(pair), config, args, &mut own)?;
+                    let kv =
+                        self.lower_pairs(file, std::slice::from_ref(pair), config, args, &mut own)?;
                     unknown.push(!own.is_empty());
                     deferred.extend(own);
                     lowered.extend(kv);
@@ -951,7 +970,7 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                 Op::Onbuild(trigger.clone())
             }
         };
-        let (line, column) = source.line_col(instr.span.offset());
+        let (line, column) = self.line_col(&source, instr.span.offset());
         Some(Step {
             op,
             ctx,
@@ -1048,10 +1067,11 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                     ok = false;
                     self.report(
                         &source,
-                        Problem::new("dockerfile::bad-mount", p.message, spec.span)
-                            .help(p.help.unwrap_or_else(|| {
+                        Problem::new("dockerfile::bad-mount", p.message, spec.span).help(
+                            p.help.unwrap_or_else(|| {
                                 "e.g. --mount=type=cache,target=/root/.cache".to_string()
-                            })),
+                            }),
+                        ),
                     );
                 }
             }
@@ -1233,7 +1253,8 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                 }
             }
         };
-        let sources = self.expand_all(file, &copy.sources, config, args, deferred)?;
+        let sources =
+            self.expand_sources(file, &copy.sources, &copy.heredocs, config, args, deferred)?;
         let dest = self.expand(file, &copy.dest, config, args, deferred)?;
         let chown = self.expand_opt(file, copy.chown.as_ref(), config, args, deferred)?;
         let chmod = self.expand_opt(file, copy.chmod.as_ref(), config, args, deferred)?;
@@ -1274,7 +1295,8 @@ impl<'f, 'r> Lowerer<'f, 'r> {
         args: &BTreeMap<String, Option<String>>,
         deferred: &mut BTreeSet<String>,
     ) -> Option<AddOp> {
-        let sources = self.expand_all(file, &add.sources, config, args, deferred)?;
+        let sources =
+            self.expand_sources(file, &add.sources, &add.heredocs, config, args, deferred)?;
         let dest = self.expand(file, &add.dest, config, args, deferred)?;
         let chown = self.expand_opt(file, add.chown.as_ref(), config, args, deferred)?;
         let chmod = self.expand_opt(file, add.chmod.as_ref(), config, args, deferred)?;
@@ -1307,6 +1329,37 @@ impl<'f, 'r> Lowerer<'f, 'r> {
             exclude,
             heredocs,
         })
+    }
+
+    /// COPY/ADD sources: paths are expanded; a `<<NAME` naming one of the
+    /// instruction's heredocs is a marker for inline content and stays as it is.
+    fn expand_sources(
+        &mut self,
+        file: &BuildFile,
+        sources: &[Spanned<String>],
+        heredocs: &[crate::ir::Heredoc],
+        config: &ConfigState,
+        args: &BTreeMap<String, Option<String>>,
+        deferred: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        let mut out = Vec::with_capacity(sources.len());
+        let mut ok = true;
+        for source in sources {
+            let is_heredoc = source
+                .value
+                .strip_prefix("<<")
+                .map(|rest| rest.trim_start_matches('-').trim_matches(['"', '\'']))
+                .is_some_and(|name| heredocs.iter().any(|h| h.name == name));
+            if is_heredoc {
+                out.push(source.value.clone());
+                continue;
+            }
+            match self.expand(file, source, config, args, deferred) {
+                Some(v) => out.push(v),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
     }
 
     /// A COPY/ADD heredoc's body is expanded (unless its delimiter was quoted),
@@ -1750,9 +1803,7 @@ fn parse_mount(text: &str) -> Result<RawMount, MountError> {
                     )
                     .into())
                 }
-                _ => {
-                    return Err(format!("invalid field '{field}' must be a key=value pair").into())
-                }
+                _ => return Err(format!("invalid field '{field}' must be a key=value pair").into()),
             }
             continue;
         };
@@ -1865,11 +1916,9 @@ fn parse_mount(text: &str) -> Result<RawMount, MountError> {
             (m.gid.is_some(), "gid"),
         ] {
             if set {
-                return Err(format!(
-                    "{what} not allowed for {:?} type mounts",
-                    kind_name(m.kind)
-                )
-                .into());
+                return Err(
+                    format!("{what} not allowed for {:?} type mounts", kind_name(m.kind)).into(),
+                );
             }
         }
     }
@@ -1944,10 +1993,7 @@ mod tests {
             expose_ports("53/UDP").ok(),
             Some(vec!["53/udp".to_string()])
         );
-        assert_eq!(
-            expose_ports("8000-8002").ok().map(|v| v.len()),
-            Some(3)
-        );
+        assert_eq!(expose_ports("8000-8002").ok().map(|v| v.len()), Some(3));
         assert!(expose_ports("http").is_err());
         assert!(expose_ports("80/icmp").is_err());
     }
@@ -1968,12 +2014,12 @@ mod tests {
         assert!(bind.is_some_and(|b| b.kind == MountKind::Bind && b.readonly));
         assert!(parse_mount("type=bind,mode=0700,target=/x").is_err());
         assert!(parse_mount("type=nope,target=/x").is_err());
-        assert!(parse_mount("type=cache,tagret=/x").is_err_and(|e| e
-            .help
-            .is_some_and(|h| h.contains("target"))));
+        assert!(parse_mount("type=cache,tagret=/x")
+            .is_err_and(|e| e.help.is_some_and(|h| h.contains("target"))));
         assert!(parse_mount("type=secret,id=a,sharing=shared").is_err());
-        assert!(parse_mount("type=tmpfs,target=/t,size=64m")
-            .is_ok_and(|m| m.size == Some(64 << 20)));
+        assert!(
+            parse_mount("type=tmpfs,target=/t,size=64m").is_ok_and(|m| m.size == Some(64 << 20))
+        );
         // A quoted CSV field may hold a comma.
         assert!(parse_mount("type=bind,\"target=/a,b\"")
             .is_ok_and(|m| m.target.as_deref() == Some("/a,b")));

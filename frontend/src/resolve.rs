@@ -29,7 +29,8 @@ pub trait BaseResolver {
     ///
     /// # Errors
     /// A message when looking it up failed for a reason the user must fix.
-    fn resolve(&self, reference: &str, platform: Option<&str>) -> Result<Option<BaseImage>, String>;
+    fn resolve(&self, reference: &str, platform: Option<&str>)
+        -> Result<Option<BaseImage>, String>;
 }
 
 /// A resolver that knows nothing: every base stays unresolved.

@@ -35,11 +35,37 @@ impl SourceFile {
         let offset = offset.min(self.text.len());
         let before = self.text.get(..offset).unwrap_or("");
         let line = before.matches('\n').count() + 1;
-        let col = before
-            .rsplit('\n')
-            .next()
-            .map_or(0, |l| l.chars().count())
-            + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+}
+
+/// Start offsets of every line of a text, for turning many byte offsets into line
+/// and column without rescanning the text each time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    /// Indexes `text`.
+    pub fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Self { starts }
+    }
+
+    /// 1-based line and column (columns count chars) of `offset` in `text`, the
+    /// text this index was made from; the same answer as [`SourceFile::line_col`].
+    pub fn line_col(&self, text: &str, offset: usize) -> (usize, usize) {
+        let offset = offset.min(text.len());
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let start = self
+            .starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let col = text.get(start..offset).map_or(0, |t| t.chars().count()) + 1;
         (line, col)
     }
 }
@@ -259,4 +285,25 @@ pub enum HealthcheckInstr {
         /// `--retries`.
         retries: Option<u32>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_index_agrees_with_line_col() {
+        let text = "FROM a\n\nRUN é x\nCMD y";
+        let source = SourceFile::new("f", text);
+        let index = LineIndex::new(text);
+        for offset in 0..=text.len() + 2 {
+            if text.is_char_boundary(offset.min(text.len())) {
+                assert_eq!(
+                    index.line_col(text, offset),
+                    source.line_col(offset),
+                    "{offset}"
+                );
+            }
+        }
+    }
 }

@@ -161,7 +161,11 @@ fn parse_words_like_buildkit() {
     ];
     for (input, want) in cases {
         let ast = ast(&format!("ARG {input}"));
-        let got: Vec<&str> = ast.children[0].next.iter().map(|w| w.value.as_str()).collect();
+        let got: Vec<&str> = ast.children[0]
+            .next
+            .iter()
+            .map(|w| w.value.as_str())
+            .collect();
         assert_eq!(got, *want, "{input}");
     }
 }
@@ -256,7 +260,15 @@ fn heredocs_like_buildkit() {
         let got: OwnedDocs = node
             .heredocs
             .iter()
-            .map(|h| (h.name.clone(), h.content.clone(), h.expand, h.chomp, h.file_descriptor))
+            .map(|h| {
+                (
+                    h.name.clone(),
+                    h.content.clone(),
+                    h.expand,
+                    h.chomp,
+                    h.file_descriptor,
+                )
+            })
             .collect();
         let want: OwnedDocs = want
             .iter()
@@ -326,7 +338,10 @@ fn name_value_parsing() {
         dump("LABEL foo=bar thing=star"),
         "(label \"foo\" \"bar\" \"=\" \"thing\" \"star\" \"=\")"
     );
-    assert_eq!(messages("FROM x\nENV foo"), vec!["ENV must have two arguments"]);
+    assert_eq!(
+        messages("FROM x\nENV foo"),
+        vec!["ENV must have two arguments"]
+    );
     assert_eq!(
         messages("FROM x\nENV a=1 b"),
         vec!["Syntax error - can't find = in \"b\". Must be of the form: name=value"]
@@ -371,7 +386,10 @@ fn json_arrays_of_strings() {
     // Not JSON at all: the shell form, as BuildKit falls back.
     assert_eq!(dump("CMD [\"a\", 1e999]"), "(cmd \"[\\\"a\\\", 1e999]\")");
     assert_eq!(dump("RUN [\"a\", \"b\""), "(run \"[\\\"a\\\", \\\"b\\\"\")");
-    assert_eq!(dump("COPY [\"a\" \"b\"]"), "(copy \"[\\\"a\\\"\" \"\\\"b\\\"]\")");
+    assert_eq!(
+        dump("COPY [\"a\" \"b\"]"),
+        "(copy \"[\\\"a\\\"\" \"\\\"b\\\"]\")"
+    );
     let nested = format!("CMD {}", "[".repeat(20_000));
     assert_eq!(ast(&nested).children[0].next.len(), 1);
 }
@@ -385,7 +403,13 @@ fn directives_like_buildkit() {
     // BuildKit's TestDirectives.
     let d = ast("#escape=\\\n# key = FOO bar\n\n# smth\nFROM x\n");
     assert_eq!(d.directives.len(), 1);
-    assert_eq!((d.directives[0].name.as_str(), d.directives[0].value.as_str()), ("escape", "\\"));
+    assert_eq!(
+        (
+            d.directives[0].name.as_str(),
+            d.directives[0].value.as_str()
+        ),
+        ("escape", "\\")
+    );
     let d = ast("# EScape=\\\n# KEY = FOO bar\n\n# smth\nFROM x\n");
     assert_eq!(d.directives.len(), 1);
     assert_eq!(d.directives[0].name, "escape");
@@ -411,7 +435,11 @@ fn directives_like_buildkit() {
     );
     assert_eq!(
         directive_list("# syntax=a\n# escape=`\n# check=error=true\nFROM x\n"),
-        vec![pair("syntax", "a"), pair("escape", "`"), pair("check", "error=true")]
+        vec![
+            pair("syntax", "a"),
+            pair("escape", "`"),
+            pair("check", "error=true")
+        ]
     );
     let line = ast("\n# syntax=x\nFROM a").directives;
     assert!(line.is_empty(), "directives must be at the very top");
@@ -455,7 +483,10 @@ fn continuation_edge_cases() {
     assert_eq!(dump("\\\nRUN a\n"), "(run \"a\")");
     assert_eq!(dump("RUN a\\\n\\\nb"), "(run \"ab\")");
     // CRLF line endings.
-    assert_eq!(dump("FROM x\r\nRUN a \\\r\n  b\r\n"), "(from \"x\")\n(run \"a   b\")");
+    assert_eq!(
+        dump("FROM x\r\nRUN a \\\r\n  b\r\n"),
+        "(from \"x\")\n(run \"a   b\")"
+    );
     // Continuation at the end of the file.
     assert_eq!(dump("RUN a \\"), "(run \"a\")");
     // An empty logical line becomes an unknown, empty instruction, as in BuildKit.
@@ -468,14 +499,20 @@ fn flags_and_onbuild_dumps() {
         dump("COPY --from=\"a b\" --chown='x' --link foo /tmp/"),
         "(copy [\"--from=a b\" \"--chown=x\" \"--link\"] \"foo\" \"/tmp/\")"
     );
-    assert_eq!(dump("ONBUILD RUN [\"echo\", \"test\"]"), "(onbuild (run \"echo\" \"test\"))");
+    assert_eq!(
+        dump("ONBUILD RUN [\"echo\", \"test\"]"),
+        "(onbuild (run \"echo\" \"test\"))"
+    );
     assert_eq!(
         dump("ONBUILD --x ONBUILD --y RUN z"),
         "(onbuild [\"--x\"] (onbuild [\"--y\"] (run \"z\")))"
     );
     assert_eq!(dump("ONBUILD"), "(onbuild)");
     assert_eq!(dump("FOO bar baz"), "(foo \"\")");
-    assert_eq!(dump("HEALTHCHECK --retries=3 CMD [\"a\"]"), "(healthcheck [\"--retries=3\"] \"CMD\" \"a\")");
+    assert_eq!(
+        dump("HEALTHCHECK --retries=3 CMD [\"a\"]"),
+        "(healthcheck [\"--retries=3\"] \"CMD\" \"a\")"
+    );
     assert_eq!(dump("ARG a=1 b"), "(arg \"a=1\" \"b\")");
     assert_eq!(dump("EXPOSE 80\t443/tcp"), "(expose \"80\" \"443/tcp\")");
     assert_eq!(dump("RUN \u{1}\u{85}é"), "(run \"\\x01\\u0085é\")");
@@ -532,7 +569,10 @@ fn commands_blank_names() {
             vec![format!("{cmd} names can not be blank")]
         );
     }
-    assert_eq!(messages("FROM x\nARG =x"), vec!["ARG names can not be blank"]);
+    assert_eq!(
+        messages("FROM x\nARG =x"),
+        vec!["ARG names can not be blank"]
+    );
 }
 
 #[test]
@@ -623,10 +663,30 @@ fn copy_heredocs() {
     // BuildKit's TestCopyHeredoc.
     let cases: &[(&str, &[&str], &str, Expected)] = &[
         ("COPY /foo /bar", &["/foo"], "/bar", &[]),
-        ("COPY <<EOF /bar\nEOF", &["<<EOF"], "/bar", &[("EOF", "", true)]),
-        ("COPY <<EOF /bar\nTESTING\nEOF", &["<<EOF"], "/bar", &[("EOF", "TESTING\n", true)]),
-        ("COPY <<-EOF /bar\n\tTESTING\nEOF", &["<<EOF"], "/bar", &[("EOF", "TESTING\n", true)]),
-        ("COPY <<'EOF' /bar\nTESTING\nEOF", &["<<EOF"], "/bar", &[("EOF", "TESTING\n", false)]),
+        (
+            "COPY <<EOF /bar\nEOF",
+            &["<<EOF"],
+            "/bar",
+            &[("EOF", "", true)],
+        ),
+        (
+            "COPY <<EOF /bar\nTESTING\nEOF",
+            &["<<EOF"],
+            "/bar",
+            &[("EOF", "TESTING\n", true)],
+        ),
+        (
+            "COPY <<-EOF /bar\n\tTESTING\nEOF",
+            &["<<EOF"],
+            "/bar",
+            &[("EOF", "TESTING\n", true)],
+        ),
+        (
+            "COPY <<'EOF' /bar\nTESTING\nEOF",
+            &["<<EOF"],
+            "/bar",
+            &[("EOF", "TESTING\n", false)],
+        ),
         (
             "COPY <<EOF1 <<EOF2 /bar\nthis is the first file\nEOF1\nthis is the second file\nEOF2",
             &["<<EOF1", "<<EOF2"],
@@ -642,7 +702,12 @@ fn copy_heredocs() {
             "/bar",
             &[("EOF", "this is inline\n", true)],
         ),
-        ("COPY <<EOF /quotes\n\"quotes\"\nEOF", &["<<EOF"], "/quotes", &[("EOF", "\"quotes\"\n", true)]),
+        (
+            "COPY <<EOF /quotes\n\"quotes\"\nEOF",
+            &["<<EOF"],
+            "/quotes",
+            &[("EOF", "\"quotes\"\n", true)],
+        ),
     ];
     for (body, sources, dest, docs) in cases {
         let f = typed(&format!("FROM x\n{body}"));
@@ -665,8 +730,16 @@ fn copy_heredocs() {
 fn run_heredocs() {
     // BuildKit's TestRunHeredoc (contents here are chomped for `<<-`).
     let cases: &[(&str, CommandLine, Expected)] = &[
-        ("RUN [\"ls\", \"/\"]", CommandLine::Exec(vec!["ls".into(), "/".into()]), &[]),
-        ("RUN [\"<<EOF\"]", CommandLine::Exec(vec!["<<EOF".into()]), &[]),
+        (
+            "RUN [\"ls\", \"/\"]",
+            CommandLine::Exec(vec!["ls".into(), "/".into()]),
+            &[],
+        ),
+        (
+            "RUN [\"<<EOF\"]",
+            CommandLine::Exec(vec!["<<EOF".into()]),
+            &[],
+        ),
         ("RUN ls /", CommandLine::Shell("ls /".into()), &[]),
         (
             "RUN <<EOF\nls /\nwhoami\nEOF",
@@ -717,19 +790,34 @@ fn stages_and_global_args() {
     let f = typed(text);
     assert_eq!(f.global_args.len(), 2);
     assert_eq!(f.global_args[0].value[0].name.value, "A");
-    assert_eq!(f.global_args[0].value[0].default.as_ref().map(|d| d.value.as_str()), Some("1"));
+    assert_eq!(
+        f.global_args[0].value[0]
+            .default
+            .as_ref()
+            .map(|d| d.value.as_str()),
+        Some("1")
+    );
     assert!(f.global_args[1].value[0].default.is_none());
     assert_eq!(f.stages.len(), 2);
     assert_eq!(f.stages[0].from.base.value, "img:$A");
-    assert_eq!(f.stages[0].from.name.as_ref().map(|n| n.value.as_str()), Some("Build"));
+    assert_eq!(
+        f.stages[0].from.name.as_ref().map(|n| n.value.as_str()),
+        Some("Build")
+    );
     let InstructionKind::Env(env) = &f.stages[0].instructions[1].kind else {
         panic!("not env")
     };
-    assert_eq!((env[0].key.value.as_str(), env[0].value.value.as_str()), ("X", "\"y z\""));
+    assert_eq!(
+        (env[0].key.value.as_str(), env[0].value.value.as_str()),
+        ("X", "\"y z\"")
+    );
     let platform = f.stages[1].from.platform.as_ref().map(|p| p.value.as_str());
     assert_eq!(platform, Some("$BUILDPLATFORM"));
     let span = f.stages[1].from.platform.as_ref().map(|p| p.span);
-    assert_eq!(span.map(|s| &text[s.offset()..s.offset() + s.len()]), Some("$BUILDPLATFORM"));
+    assert_eq!(
+        span.map(|s| &text[s.offset()..s.offset() + s.len()]),
+        Some("$BUILDPLATFORM")
+    );
     let InstructionKind::Onbuild { trigger, parsed } = &f.stages[1].instructions[0].kind else {
         panic!("not onbuild")
     };

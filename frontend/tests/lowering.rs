@@ -65,7 +65,10 @@ fn build_args_override_declared_args_only() {
         ("NOT_DECLARED".to_string(), "x".to_string()),
     ]);
     let ir = lower_with("FROM scratch\nARG V=1\nENV W=$V$NOT_DECLARED\n", &opts).expect("lowers");
-    assert_eq!(ir.stages[0].steps[1].op, Op::Env(vec![("W".into(), "2".into())]));
+    assert_eq!(
+        ir.stages[0].steps[1].op,
+        Op::Env(vec![("W".into(), "2".into())])
+    );
 }
 
 #[test]
@@ -93,9 +96,16 @@ fn env_wins_over_arg_of_the_same_name() {
 
 #[test]
 fn unresolved_base_leaves_dependent_values_unexpanded() {
-    let ir = lower("FROM debian\nENV PATH=$PATH:/opt/bin MINE=1\nWORKDIR $HOME/app\nLABEL a=$MINE\n");
+    let ir =
+        lower("FROM debian\nENV PATH=$PATH:/opt/bin MINE=1\nWORKDIR $HOME/app\nLABEL a=$MINE\n");
     let env = &ir.stages[0].steps[0];
-    assert_eq!(env.op, Op::Env(vec![("PATH".into(), "$PATH:/opt/bin".into()), ("MINE".into(), "1".into())]));
+    assert_eq!(
+        env.op,
+        Op::Env(vec![
+            ("PATH".into(), "$PATH:/opt/bin".into()),
+            ("MINE".into(), "1".into())
+        ])
+    );
     assert!(env.deferred.contains("PATH"));
     let workdir = &ir.stages[0].steps[1];
     assert_eq!(workdir.op, Op::Workdir("$HOME/app".into()));
@@ -113,7 +123,8 @@ fn resolved_base_provides_env_workdir_user_and_onbuild() {
         images: BTreeMap::from([(
             "example/base:1".to_string(),
             BaseImage {
-                digest: "sha256:1111111111111111111111111111111111111111111111111111111111111111".into(),
+                digest: "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+                    .into(),
                 env: vec![("HOME".into(), "/home/app".into())],
                 workdir: "/srv".into(),
                 user: "app".into(),
@@ -129,14 +140,22 @@ fn resolved_base_provides_env_workdir_user_and_onbuild() {
     };
     let ir = lower_with("FROM example/base:1\nWORKDIR data\nENV P=$PATH\n", &opts).expect("lowers");
     let stage = &ir.stages[0];
-    let Base::Image(img) = &stage.base else { panic!("image base") };
+    let Base::Image(img) = &stage.base else {
+        panic!("image base")
+    };
     assert!(img.digest.is_some());
     // The trigger runs first, as an inherited step.
     assert!(matches!(stage.steps[0].op, Op::Run(_)));
-    assert_eq!(stage.steps[0].origin.onbuild_from.as_deref(), Some("example/base:1"));
+    assert_eq!(
+        stage.steps[0].origin.onbuild_from.as_deref(),
+        Some("example/base:1")
+    );
     assert_eq!(stage.steps[1].op, Op::Workdir("/srv/data".into()));
     // PATH was missing from the base: the default is added.
-    assert_eq!(stage.steps[2].op, Op::Env(vec![("P".into(), DEFAULT_PATH.into())]));
+    assert_eq!(
+        stage.steps[2].op,
+        Op::Env(vec![("P".into(), DEFAULT_PATH.into())])
+    );
     assert_eq!(stage.steps[2].ctx.user, "app");
     assert_eq!(ir.targets[0].tags, vec!["example/app:dev".to_string()]);
 }
@@ -151,7 +170,10 @@ fn onbuild_of_an_earlier_stage_runs_in_the_stage_built_from_it() {
     // Triggers run once: the grandchild does not inherit them.
     assert!(ir.stages[2].steps.is_empty());
     // The child inherits the base's env.
-    assert!(child.steps[1].ctx.env.contains(&("X".to_string(), "1".to_string())));
+    assert!(child.steps[1]
+        .ctx
+        .env
+        .contains(&("X".to_string(), "1".to_string())));
 }
 
 #[test]
@@ -178,7 +200,9 @@ fn copy_from_stages_by_name_and_index_and_images() {
 
 #[test]
 fn workdir_and_destinations_resolve_against_the_workdir() {
-    let ir = lower("FROM scratch\nWORKDIR /app\nWORKDIR sub/../lib\nCOPY a .\nCOPY b rel/\nCOPY c /abs\n");
+    let ir = lower(
+        "FROM scratch\nWORKDIR /app\nWORKDIR sub/../lib\nCOPY a .\nCOPY b rel/\nCOPY c /abs\n",
+    );
     let ops: Vec<String> = ir.stages[0]
         .steps
         .iter()
@@ -188,15 +212,23 @@ fn workdir_and_destinations_resolve_against_the_workdir() {
             _ => String::new(),
         })
         .collect();
-    assert_eq!(ops, vec!["/app", "/app/lib", "/app/lib/", "/app/lib/rel/", "/abs"]);
+    assert_eq!(
+        ops,
+        vec!["/app", "/app/lib", "/app/lib/", "/app/lib/rel/", "/abs"]
+    );
 }
 
 #[test]
 fn platform_args_exist_undeclared_in_the_global_scope() {
     let ir = lower("FROM busybox:${TARGETARCH}\nARG TARGETOS\nRUN echo\n");
-    let Base::Image(img) = &ir.stages[0].base else { panic!("image") };
+    let Base::Image(img) = &ir.stages[0].base else {
+        panic!("image")
+    };
     assert!(!img.reference.ends_with(':'), "{}", img.reference);
-    assert_eq!(ir.stages[0].steps[1].ctx.args.get("TARGETOS"), Some(&Some("linux".to_string())));
+    assert_eq!(
+        ir.stages[0].steps[1].ctx.args.get("TARGETOS"),
+        Some(&Some("linux".to_string()))
+    );
 }
 
 #[test]
@@ -211,7 +243,12 @@ fn expose_normalises_ports() {
     assert_eq!(
         ir.stages[0].steps[0].op,
         // Sorted, as BuildKit's EXPOSE parser does.
-        Op::Expose(vec!["53/udp".into(), "80/tcp".into(), "8000/tcp".into(), "8001/tcp".into()])
+        Op::Expose(vec![
+            "53/udp".into(),
+            "80/tcp".into(),
+            "8000/tcp".into(),
+            "8001/tcp".into()
+        ])
     );
 }
 
@@ -294,14 +331,18 @@ fn project_images_are_lowered_after_the_images_they_are_built_from() {
         "forge.toml",
         "[image.app]\ndockerfile = \"app/Dockerfile\"\nargs = { BASE = \"base\" }\n\n[image.base]\nfrom = \"scratch\"\nenv = { FROM_BASE = \"yes\" }\n",
     );
-    let mut read = |_: &std::path::Path| Ok("ARG BASE\nFROM ${BASE}\nRUN echo $FROM_BASE\n".to_string());
+    let mut read =
+        |_: &std::path::Path| Ok("ARG BASE\nFROM ${BASE}\nRUN echo $FROM_BASE\n".to_string());
     let project = forge_toml::parse(&toml, std::path::Path::new("/ws"), &mut read).expect("parses");
     let ir = lower_project(&project, &LowerOptions::unresolved()).expect("lowers");
     let app = ir.target("app").expect("app target").stage;
     let base = ir.target("base").expect("base target").stage;
     let app_stage = ir.stage(app).expect("app stage");
     assert_eq!(app_stage.base, Base::Stage(base));
-    assert!(app_stage.initial.env.contains(&("FROM_BASE".to_string(), "yes".to_string())));
+    assert!(app_stage
+        .initial
+        .env
+        .contains(&("FROM_BASE".to_string(), "yes".to_string())));
 }
 
 #[test]
@@ -316,5 +357,30 @@ fn images_built_from_each_other_are_a_cycle() {
     let project = forge_toml::parse(&toml, std::path::Path::new("/ws"), &mut read).expect("parses");
     let err = lower_project(&project, &LowerOptions::unresolved()).expect_err("a cycle");
     assert_eq!(err.problems()[0].code, "forge::cycle");
-    assert!(err.problems()[0].message.contains("a -> b -> a") || err.problems()[0].message.contains("b -> a -> b"), "{}", err.problems()[0].message);
+    assert!(
+        err.problems()[0].message.contains("a -> b -> a")
+            || err.problems()[0].message.contains("b -> a -> b"),
+        "{}",
+        err.problems()[0].message
+    );
+}
+
+#[test]
+fn heredoc_sources_stay_markers_and_bodies_expand_unless_quoted() {
+    let ir = lower("FROM scratch\nARG NAME=world\nCOPY <<EOF <<'RAW' /etc/\nhello $NAME\nEOF\nkeep $NAME\nRAW\n");
+    let Op::Copy(copy) = &ir.stages[0].steps[1].op else {
+        panic!("a COPY")
+    };
+    assert_eq!(
+        copy.sources,
+        vec!["<<EOF".to_string(), "<<RAW".to_string()]
+    );
+    assert_eq!(copy.heredocs[0].content, "hello world\n");
+    assert_eq!(copy.heredocs[1].content, "keep $NAME\n");
+    // RUN heredocs are left to the shell.
+    let ir = lower("FROM scratch\nARG NAME=x\nRUN <<EOF\necho $NAME\nEOF\n");
+    let Op::Run(run) = &ir.stages[0].steps[1].op else {
+        panic!("a RUN")
+    };
+    assert_eq!(run.heredocs[0].content, "echo $NAME\n");
 }

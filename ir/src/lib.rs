@@ -11,7 +11,6 @@
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
-
 /// A whole build: every stage of every image, and the named targets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Ir {

@@ -6,6 +6,7 @@ use miette::SourceSpan;
 use super::ast::Word;
 use super::codes;
 use super::gostr::to_lower;
+use crate::syntax::Spanned;
 use crate::Problem;
 
 /// How a flag takes its value.
@@ -25,8 +26,10 @@ pub(crate) type Spec = (&'static str, Kind);
 /// One value given for a flag.
 #[derive(Debug, Clone)]
 pub(crate) struct Given {
-    /// The value (`"true"`/`"false"` for booleans).
+    /// The value (empty for booleans).
     pub value: String,
+    /// A boolean flag's value.
+    pub on: bool,
     /// The whole `--flag=value` word.
     pub span: SourceSpan,
     /// Just the value, when there is one; else the whole word.
@@ -45,17 +48,31 @@ impl Flags {
         self.given.iter().find(|(n, _)| *n == name).map(|(_, g)| g)
     }
 
-    /// Every value of a repeatable flag, in order.
-    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Given> + 'a {
-        self.given
-            .iter()
-            .filter(move |(n, _)| *n == name)
-            .map(|(_, g)| g)
+    /// Moves out the value of a single-valued flag, as written, with the span of the
+    /// value.
+    pub fn take(&mut self, name: &str) -> Option<Spanned<String>> {
+        let i = self.given.iter().position(|(n, _)| *n == name)?;
+        let (_, g) = self.given.swap_remove(i);
+        Some(Spanned::new(g.value, g.value_span))
+    }
+
+    /// Moves out every value of a repeatable flag, in order.
+    pub fn take_all(&mut self, name: &str) -> Vec<Spanned<String>> {
+        let mut out = Vec::new();
+        self.given.retain_mut(|(n, g)| {
+            if *n == name {
+                out.push(Spanned::new(std::mem::take(&mut g.value), g.value_span));
+                false
+            } else {
+                true
+            }
+        });
+        out
     }
 
     /// A boolean flag: `None` when absent.
     pub fn bool(&self, name: &str) -> Option<bool> {
-        self.get(name).map(|g| g.value == "true")
+        self.get(name).map(|g| g.on)
     }
 }
 
@@ -78,16 +95,16 @@ fn accepted(instruction: &str, specs: &[Spec]) -> String {
 }
 
 /// Checks `words` against `specs` for `instruction` (upper case, for messages),
-/// pushing a problem for every bad flag.
+/// pushing a problem for every bad flag. The values are moved out of the words.
 pub(crate) fn parse(
     instruction: &str,
     specs: &[Spec],
-    words: &[Word],
+    words: &mut [Word],
     text: &str,
     problems: &mut Vec<Problem>,
 ) -> Flags {
     let mut flags = Flags::default();
-    for word in words {
+    for word in words.iter_mut() {
         let a = word.value.as_str();
         if a == "--" {
             break;
@@ -143,14 +160,14 @@ pub(crate) fn parse(
             .label("no value")
             .help(format!("write `{flag_name}=<value>`"))
         };
-        let value = match (kind, value) {
+        let (value, on) = match (kind, value) {
             (Kind::Bool, Some("")) => {
                 problems.push(missing());
                 continue;
             }
             (Kind::Bool, v) => match to_lower(v.unwrap_or("")).as_str() {
-                "true" | "" => "true".to_string(),
-                "false" => "false".to_string(),
+                "true" | "" => (String::new(), true),
+                "false" => (String::new(), false),
                 _ => {
                     problems.push(
                         Problem::new(
@@ -162,7 +179,9 @@ pub(crate) fn parse(
                             value_span(text, word.span),
                         )
                         .label("not true or false")
-                        .help(format!("write `{flag_name}`, `{flag_name}=true` or `{flag_name}=false`")),
+                        .help(format!(
+                            "write `{flag_name}`, `{flag_name}=true` or `{flag_name}=false`"
+                        )),
                     );
                     continue;
                 }
@@ -171,12 +190,19 @@ pub(crate) fn parse(
                 problems.push(missing());
                 continue;
             }
-            (_, Some(v)) => v.to_string(),
+            (_, Some(_)) => {
+                // `--name=value`: keep the value, reusing the word's allocation.
+                let prefix = flag_name.len() + 1;
+                let mut v = std::mem::take(&mut word.value);
+                v.drain(..prefix);
+                (v, false)
+            }
         };
         flags.given.push((
             spec_name,
             Given {
                 value,
+                on,
                 span: word.span,
                 value_span: value_span(text, word.span),
             },

@@ -119,7 +119,10 @@ pub(crate) fn parse_duration(orig: &str) -> Result<i64, String> {
             .position(|c| *c == b'.' || c.is_ascii_digit())
             .unwrap_or(s.len());
         if unit_len == 0 {
-            return Err(format!("time: missing unit in duration {}", time_quote(orig)));
+            return Err(format!(
+                "time: missing unit in duration {}",
+                time_quote(orig)
+            ));
         }
         let (u, rest) = s.split_at(unit_len);
         s = rest;
@@ -163,7 +166,12 @@ pub(crate) fn parse_duration(orig: &str) -> Result<i64, String> {
 /// Go's `strconv.ParseInt(s, 10, 32)`.
 pub(crate) fn parse_int32(s0: &str) -> Result<i64, String> {
     let syntax = || format!("strconv.ParseInt: parsing {}: invalid syntax", quote(s0));
-    let range = || format!("strconv.ParseInt: parsing {}: value out of range", quote(s0));
+    let range = || {
+        format!(
+            "strconv.ParseInt: parsing {}: value out of range",
+            quote(s0)
+        )
+    };
     let (neg, s) = if let Some(r) = s0.strip_prefix('+') {
         (false, r)
     } else if let Some(r) = s0.strip_prefix('-') {
@@ -224,12 +232,18 @@ mod tests {
         let bad: &[(&str, &str)] = &[
             ("5", "time: missing unit in duration \"5\""),
             ("5x", "time: unknown unit \"x\" in duration \"5x\""),
-            ("9223372036854775808ns", "time: invalid duration \"9223372036854775808ns\""),
+            (
+                "9223372036854775808ns",
+                "time: invalid duration \"9223372036854775808ns\"",
+            ),
             ("1e3s", "time: unknown unit \"e\" in duration \"1e3s\""),
             ("", "time: invalid duration \"\""),
             ("5s x", "time: unknown unit \"s x\" in duration \"5s x\""),
             (".s", "time: invalid duration \".s\""),
-            ("5é", "time: unknown unit \"\\xc3\\xa9\" in duration \"5\\xc3\\xa9\""),
+            (
+                "5é",
+                "time: unknown unit \"\\xc3\\xa9\" in duration \"5\\xc3\\xa9\"",
+            ),
         ];
         for (s, want) in bad {
             assert_eq!(parse_duration(s), Err(want.to_string()), "{s}");

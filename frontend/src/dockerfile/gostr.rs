@@ -207,7 +207,10 @@ mod tests {
 
     #[test]
     fn lowers_like_go() {
-        assert_eq!(to_lower("İSTANBUL ΣΑΣ KELVIN\u{212a}"), "istanbul σασ kelvink");
+        assert_eq!(
+            to_lower("İSTANBUL ΣΑΣ KELVIN\u{212a}"),
+            "istanbul σασ kelvink"
+        );
         assert_eq!(to_upper("straße"), "STRAßE");
     }
 
@@ -229,7 +232,10 @@ mod tests {
         assert_eq!(suggest("cpoy", &names, false).as_deref(), Some("copy"));
         assert_eq!(suggest("Onbuil", &names, false).as_deref(), Some("ONBUILD"));
         assert_eq!(suggest("xyzzy", &names, false), None);
-        assert_eq!(suggest("chwon", &["from", "chown"], true).as_deref(), Some("chown"));
+        assert_eq!(
+            suggest("chwon", &["from", "chown"], true).as_deref(),
+            Some("chown")
+        );
         assert_eq!(suggest("from", &["from"], true), None);
     }
 

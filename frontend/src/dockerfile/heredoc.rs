@@ -175,8 +175,8 @@ impl<'a> Lexer<'a> {
                             let end = self.pos;
                             self.add_raw_char(&mut w, ch, at, end);
                             if keep {
-                            result.push(ch);
-                        }
+                                result.push(ch);
+                            }
                         }
                         let Some(escaped) = self.next() else {
                             break;
@@ -503,8 +503,15 @@ mod tests {
     #[test]
     fn heredoc_helpers() {
         for src in [
-            "<<EOF", "<<'EOF'", "<<\"EOF\"", "<<-EOF", "<<-'EOF'", "<<-\"EOF\"", "<<EO\"F\"",
-            "<< EOF", "<<- EOF",
+            "<<EOF",
+            "<<'EOF'",
+            "<<\"EOF\"",
+            "<<-EOF",
+            "<<-'EOF'",
+            "<<-\"EOF\"",
+            "<<EO\"F\"",
+            "<< EOF",
+            "<<- EOF",
         ] {
             assert_eq!(name(src).as_deref(), Some("EOF"), "{src}");
         }
@@ -547,11 +554,23 @@ mod tests {
         let docs = heredocs_from_line("COPY 3<<-'A B' <<C /x").unwrap_or_default();
         let summary: Vec<_> = docs
             .iter()
-            .map(|(h, s, e)| (h.name.as_str(), h.file_descriptor, h.expand, h.chomp, *s, *e))
+            .map(|(h, s, e)| {
+                (
+                    h.name.as_str(),
+                    h.file_descriptor,
+                    h.expand,
+                    h.chomp,
+                    *s,
+                    *e,
+                )
+            })
             .collect();
         assert_eq!(
             summary,
-            vec![("A B", 3, false, true, 5, 14), ("C", 0, true, false, 15, 18)]
+            vec![
+                ("A B", 3, false, true, 5, 14),
+                ("C", 0, true, false, 15, 18)
+            ]
         );
     }
 
@@ -567,6 +586,9 @@ mod tests {
 
     #[test]
     fn chomps_leading_tabs() {
-        assert_eq!(chomp("\thello\n\t\tworld\n  x\t\n"), "hello\nworld\n  x\t\n");
+        assert_eq!(
+            chomp("\thello\n\t\tworld\n  x\t\n"),
+            "hello\nworld\n  x\t\n"
+        );
     }
 }

@@ -97,7 +97,10 @@ fn join_spans(a: SourceSpan, b: SourceSpan) -> SourceSpan {
 }
 
 fn values(words: &mut [Word]) -> Vec<String> {
-    words.iter_mut().map(|w| std::mem::take(&mut w.value)).collect()
+    words
+        .iter_mut()
+        .map(|w| std::mem::take(&mut w.value))
+        .collect()
 }
 
 /// BuildKit's `handleJSONArgs`: the exec form as is, the shell form joined.
@@ -150,9 +153,8 @@ fn strip_onbuild(original: &str) -> &str {
 fn valid_stage_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
-        })
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }
 
 impl Ctx<'_> {
@@ -171,8 +173,8 @@ impl Ctx<'_> {
         self.problems.push(p);
     }
 
-    fn flags(&mut self, name: &str, specs: &[Spec], node: &Node) -> Flags {
-        flags::parse(name, specs, &node.flags, self.text, self.problems)
+    fn flags(&mut self, name: &str, specs: &[Spec], node: &mut Node) -> Flags {
+        flags::parse(name, specs, &mut node.flags, self.text, self.problems)
     }
 
     fn at_least_one(&mut self, name: &str, node: &Node) -> bool {
@@ -260,8 +262,7 @@ impl Ctx<'_> {
         heredocs: &[ast::Heredoc],
     ) -> Option<SourcesAndDest> {
         let keyword_span = node.keyword_span;
-        let Some((dest, srcs)) = node.next.split_last_mut().filter(|(_, s)| !s.is_empty())
-        else {
+        let Some((dest, srcs)) = node.next.split_last_mut().filter(|(_, s)| !s.is_empty()) else {
             self.push(
                 codes::MISSING_ARGUMENTS,
                 format!(
@@ -352,7 +353,11 @@ impl Ctx<'_> {
             self.at_least_one("HEALTHCHECK", node);
             return None;
         }
-        let typ = node.next.first().map(|w| to_upper(&w.value)).unwrap_or_default();
+        let typ = node
+            .next
+            .first()
+            .map(|w| to_upper(&w.value))
+            .unwrap_or_default();
         let flags = if typ == "NONE" {
             // BuildKit does not look at flags for NONE.
             Flags::default()
@@ -360,9 +365,7 @@ impl Ctx<'_> {
             self.flags("HEALTHCHECK", HEALTHCHECK_FLAGS, node)
         };
         let json = node.attributes.json;
-        let Some((typ_word, args)) = node.next.split_first_mut() else {
-            return None;
-        };
+        let (typ_word, args) = node.next.split_first_mut()?;
         if typ == "NONE" {
             if let Some(extra) = args.first() {
                 self.push(
@@ -438,7 +441,7 @@ impl Ctx<'_> {
     }
 
     fn from(&mut self, node: &mut Node) -> Option<FromInstr> {
-        let flags = self.flags("FROM", FROM_FLAGS, node);
+        let mut flags = self.flags("FROM", FROM_FLAGS, node);
         let keyword_span = node.keyword_span;
         let args = &mut node.next;
         let mut ok = true;
@@ -465,7 +468,11 @@ impl Ctx<'_> {
             }
         } else if args.len() != 1 {
             let (code, span, label) = match args.get(1) {
-                None => (codes::MISSING_ARGUMENTS, keyword_span, "no image after this"),
+                None => (
+                    codes::MISSING_ARGUMENTS,
+                    keyword_span,
+                    "no image after this",
+                ),
                 Some(_) if args.len() == 2 => (
                     codes::MISSING_ARGUMENTS,
                     args[1].span,
@@ -489,7 +496,7 @@ impl Ctx<'_> {
         Some(FromInstr {
             base: spanned(base),
             name,
-            platform: flags.get("platform").map(|g| Spanned::new(g.value.clone(), g.value_span)),
+            platform: flags.take("platform"),
             span: node.span,
             original: trimmed(&mut node.original),
         })
@@ -512,9 +519,7 @@ impl Ctx<'_> {
             expression.push_str(&h.content);
             expression.push_str(&h.name);
         }
-        let Some(child) = node.child.as_deref_mut() else {
-            return None;
-        };
+        let child = node.child.as_deref_mut()?;
         let trigger = to_upper(child.value().trim());
         match trigger.as_str() {
             "ONBUILD" => {
@@ -595,7 +600,11 @@ impl Ctx<'_> {
                 return ok.then_some(Converted::Arg(decls));
             }
             "env" | "label" => {
-                let name = if node.keyword == "env" { "ENV" } else { "LABEL" };
+                let name = if node.keyword == "env" {
+                    "ENV"
+                } else {
+                    "LABEL"
+                };
                 self.flags(name, &[], node);
                 let pairs = self.key_values(name, node)?;
                 if node.keyword == "env" {
@@ -610,27 +619,23 @@ impl Ctx<'_> {
                 InstructionKind::Maintainer(std::mem::take(&mut arg.value))
             }
             "add" => {
-                let flags = self.flags("ADD", ADD_FLAGS, node);
+                let mut flags = self.flags("ADD", ADD_FLAGS, node);
                 let (sources, dest, heredocs) = self.heredoc_sources("ADD", node, heredocs)?;
-                let opt = |n: &str| flags.get(n).map(|g| Spanned::new(g.value.clone(), g.value_span));
                 InstructionKind::Add(AddInstr {
                     sources,
                     dest,
-                    chown: opt("chown"),
-                    chmod: opt("chmod"),
                     link: flags.bool("link").unwrap_or(false),
                     keep_git_dir: flags.bool("keep-git-dir").unwrap_or(false),
-                    checksum: opt("checksum"),
                     unpack: flags.bool("unpack"),
-                    exclude: flags
-                        .all("exclude")
-                        .map(|g| Spanned::new(g.value.clone(), g.value_span))
-                        .collect(),
+                    chown: flags.take("chown"),
+                    chmod: flags.take("chmod"),
+                    checksum: flags.take("checksum"),
+                    exclude: flags.take_all("exclude"),
                     heredocs,
                 })
             }
             "copy" => {
-                let flags = self.flags("COPY", COPY_FLAGS, node);
+                let mut flags = self.flags("COPY", COPY_FLAGS, node);
                 let mut ok = true;
                 if let Some(from) = flags.get("from").filter(|g| g.value.is_empty()) {
                     self.push(
@@ -649,19 +654,15 @@ impl Ctx<'_> {
                 if !ok {
                     return None;
                 }
-                let opt = |n: &str| flags.get(n).map(|g| Spanned::new(g.value.clone(), g.value_span));
                 InstructionKind::Copy(CopyInstr {
                     sources,
                     dest,
-                    from: opt("from"),
-                    chown: opt("chown"),
-                    chmod: opt("chmod"),
                     link: flags.bool("link").unwrap_or(false),
                     parents: flags.bool("parents").unwrap_or(false),
-                    exclude: flags
-                        .all("exclude")
-                        .map(|g| Spanned::new(g.value.clone(), g.value_span))
-                        .collect(),
+                    from: flags.take("from"),
+                    chown: flags.take("chown"),
+                    chmod: flags.take("chmod"),
+                    exclude: flags.take_all("exclude"),
                     heredocs,
                 })
             }
@@ -672,9 +673,11 @@ impl Ctx<'_> {
             }
             "run" => {
                 let before = self.problems.len();
-                let flags = self.flags("RUN", RUN_FLAGS, node);
+                let mut flags = self.flags("RUN", RUN_FLAGS, node);
                 let network = flags.get("network");
-                if let Some(g) = network.filter(|g| !matches!(g.value.as_str(), "default" | "none" | "host")) {
+                if let Some(g) =
+                    network.filter(|g| !matches!(g.value.as_str(), "default" | "none" | "host"))
+                {
                     self.push(
                         codes::BAD_FLAG_VALUE,
                         format!("invalid network mode {}", quote(&g.value)),
@@ -684,7 +687,9 @@ impl Ctx<'_> {
                     );
                 }
                 let security = flags.get("security");
-                if let Some(g) = security.filter(|g| !matches!(g.value.as_str(), "insecure" | "sandbox")) {
+                if let Some(g) =
+                    security.filter(|g| !matches!(g.value.as_str(), "insecure" | "sandbox"))
+                {
                     self.push(
                         codes::BAD_FLAG_VALUE,
                         format!("security {} is not valid", quote(&g.value)),
@@ -696,12 +701,11 @@ impl Ctx<'_> {
                 if self.problems.len() > before {
                     return None;
                 }
-                let value = |g: &flags::Given| Spanned::new(g.value.clone(), g.value_span);
                 InstructionKind::Run(RunInstr {
                     command: command_line(node.attributes.json, &mut node.next),
-                    mounts: flags.all("mount").map(value).collect(),
-                    network: network.map(value),
-                    security: security.map(value),
+                    mounts: flags.take_all("mount"),
+                    network: flags.take("network"),
+                    security: flags.take("security"),
                     heredocs: heredocs.iter_mut().map(to_heredoc).collect(),
                 })
             }
@@ -861,12 +865,25 @@ pub(crate) fn build(source: &SourceFile, mut ast: Ast, problems: &mut Vec<Proble
     // the first FROM" (it is just not kept).
     let mut seen_from = false;
     let mut stage_ok = false;
+    // How many instructions follow each FROM, to size each stage once.
+    let mut stage_sizes = Vec::new();
+    for node in &ast.children {
+        match stage_sizes.last_mut() {
+            _ if node.keyword == "from" => stage_sizes.push(0),
+            Some(n) => *n += 1,
+            None => {}
+        }
+    }
+    let mut stage_sizes = stage_sizes.into_iter();
     for node in &mut ast.children {
         let mut heredocs = std::mem::take(&mut node.heredocs);
         let converted = ctx.convert(node, &mut heredocs);
         if node.keyword == "from" {
             seen_from = true;
             stage_ok = converted.is_some();
+            if !stage_ok {
+                stage_sizes.next();
+            }
         }
         let Some(converted) = converted else {
             continue;
@@ -875,7 +892,7 @@ pub(crate) fn build(source: &SourceFile, mut ast: Ast, problems: &mut Vec<Proble
             Converted::From(from) => {
                 stages.push(StageSyntax {
                     from,
-                    instructions: Vec::new(),
+                    instructions: Vec::with_capacity(stage_sizes.next().unwrap_or(0)),
                 });
                 continue;
             }

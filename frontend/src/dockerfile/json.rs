@@ -326,7 +326,10 @@ mod tests {
                 r#"["abc 123", "♥", "☃", "\" \\ \/ \b \f \n \r \t \u0000"]"#,
                 &["abc 123", "♥", "☃", "\" \\ / \u{8} \u{c} \n \r \t \u{0}"],
             ),
-            (r#"["\ud83d\ude00", "\ud800x", "\udc00\ud800"]"#, &["😀", "\u{fffd}x", "\u{fffd}\u{fffd}"]),
+            (
+                r#"["\ud83d\ude00", "\ud800x", "\udc00\ud800"]"#,
+                &["😀", "\u{fffd}x", "\u{fffd}\u{fffd}"],
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(strings(input), *want, "{input}");

@@ -86,27 +86,31 @@ pub(crate) fn extract_flags(
         Quote,
     }
     let b = line.as_bytes();
+    // Both escape characters and both quotes are ASCII: the loop walks bytes and
+    // steps over whole characters.
+    let esc = u8::try_from(escape).unwrap_or(b'\\');
+    let piece = |a: usize, z: usize| line.get(a..z).unwrap_or("");
     let mut words = Vec::new();
     let mut phase = Phase::Spaces;
     // A word is a slice of the line until a quote or an escape makes it differ; from
     // then on it is built in `sb`.
     let mut sb = String::new();
     let mut built = false;
-    let mut quote_ch = '\0';
+    let mut quote_ch = 0u8;
     let mut blank_ok = false;
     let mut start = lo;
     let mut text_end = lo;
     let mut pos = lo;
     loop {
-        let ch = if pos < hi { char_at(line, pos) } else { None };
-        let width = ch.map_or(1, char::len_utf8);
         if phase == Phase::Spaces {
-            let Some(c) = ch else { break };
-            if is_byte_space(c) {
-                pos += width;
+            let Some(&c) = b.get(pos).filter(|_| pos < hi) else {
+                break;
+            };
+            if is_space_byte(c) {
+                pos += 1;
                 continue;
             }
-            if c != '-' || pos + 1 >= hi || b.get(pos + 1) != Some(&b'-') {
+            if c != b'-' || pos + 1 >= hi || b.get(pos + 1) != Some(&b'-') {
                 return (words, Some(pos));
             }
             phase = Phase::Word;
@@ -114,65 +118,91 @@ pub(crate) fn extract_flags(
             text_end = pos;
             built = false;
         }
-        let text = |sb: &str, built: bool, text_end: usize| -> String {
-            if built {
-                sb.to_string()
+        let Some(&c) = b.get(pos).filter(|_| pos < hi) else {
+            let w = if built {
+                sb.as_str()
             } else {
-                line.get(start..text_end).unwrap_or("").to_string()
-            }
-        };
-        let Some(mut c) = ch else {
-            let w = text(&sb, built, text_end);
+                piece(start, text_end)
+            };
             if w != "--" && (blank_ok || !w.is_empty()) {
-                words.push((w, start, hi));
+                words.push((w.to_string(), start, hi));
             }
             break;
         };
+        if phase == Phase::Word && !built {
+            // Fast path: a run of plain ASCII stays a slice of the line.
+            let run = b
+                .get(pos..hi)
+                .and_then(|t| {
+                    t.iter().position(|&x| {
+                        x >= 0x80 || is_space_byte(x) || x == b'\'' || x == b'"' || x == esc
+                    })
+                })
+                .unwrap_or(hi - pos);
+            if run > 0 {
+                pos += run;
+                text_end = pos;
+                continue;
+            }
+        }
         let char_start = pos;
-        pos += width;
+        pos += utf8_width(c);
         if phase == Phase::Word {
-            if is_byte_space(c) {
+            if is_space_byte(c) {
                 phase = Phase::Spaces;
-                let w = text(&sb, built, text_end);
+                let w = if built {
+                    sb.as_str()
+                } else {
+                    piece(start, text_end)
+                };
                 if w == "--" {
                     return (words, Some(char_start));
                 }
                 if blank_ok || !w.is_empty() {
-                    words.push((w, start, char_start));
+                    words.push((w.to_string(), start, char_start));
                 }
                 blank_ok = false;
                 continue;
             }
-            if (c == '\'' || c == '"' || c == escape) && !built {
+            if (c == b'\'' || c == b'"' || c == esc) && !built {
                 sb.clear();
-                sb.push_str(line.get(start..text_end).unwrap_or(""));
+                sb.push_str(piece(start, text_end));
                 built = true;
             }
-            if c == '\'' || c == '"' {
+            if c == b'\'' || c == b'"' {
                 quote_ch = c;
                 blank_ok = true;
                 phase = Phase::Quote;
                 continue;
             }
-            if c == escape {
-                let Some(next) = (if pos < hi { char_at(line, pos) } else { None }) else {
+            let mut kept = (char_start, pos);
+            if c == esc {
+                let Some(&n) = b.get(pos).filter(|_| pos < hi) else {
                     continue;
                 };
-                c = next;
-                pos += next.len_utf8();
+                kept = (pos, pos + utf8_width(n));
+                pos = kept.1;
             }
             if built {
-                sb.push(c);
+                sb.push_str(piece(kept.0, kept.1));
             } else {
                 text_end = pos;
             }
-            if splits_bytewise(c) {
+            if kept.1 - kept.0 > 1
+                && b.get(kept.0 + 1..kept.1)
+                    .is_some_and(|t| t.iter().any(|x| *x == 0x85 || *x == 0xa0))
+            {
+                // A byte-wise loop sees U+0085 or U+00A0 inside this character.
                 phase = Phase::Spaces;
-                let w = text(&sb, built, text_end);
+                let w = if built {
+                    sb.as_str()
+                } else {
+                    piece(start, text_end)
+                };
                 if w == "--" {
                     return (words, Some(pos));
                 }
-                words.push((w, start, pos));
+                words.push((w.to_string(), start, pos));
                 blank_ok = false;
             }
             continue;
@@ -182,17 +212,43 @@ pub(crate) fn extract_flags(
             phase = Phase::Word;
             continue;
         }
-        if c == escape {
-            let Some(next) = (if pos < hi { char_at(line, pos) } else { None }) else {
+        let mut kept = (char_start, pos);
+        if c == esc {
+            let Some(&n) = b.get(pos).filter(|_| pos < hi) else {
                 phase = Phase::Word;
                 continue;
             };
-            c = next;
-            pos += next.len_utf8();
+            kept = (pos, pos + utf8_width(n));
+            pos = kept.1;
         }
-        sb.push(c);
+        sb.push_str(piece(kept.0, kept.1));
     }
     (words, None)
+}
+
+/// The length of the UTF-8 sequence starting with byte `c`.
+fn utf8_width(c: u8) -> usize {
+    match c {
+        0xf0..=0xff => 4,
+        0xe0..=0xef => 3,
+        0xc0..=0xdf => 2,
+        _ => 1,
+    }
+}
+
+/// `unicode.IsSpace` on an ASCII byte (never true for a byte of a longer character).
+fn is_space_byte(c: u8) -> bool {
+    matches!(c, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ')
+}
+
+/// The character at `pos` (known to start one) and its width, with an ASCII fast path.
+fn char_width_at(line: &str, pos: usize) -> Option<(char, usize)> {
+    let c = *line.as_bytes().get(pos)?;
+    if c < 0x80 {
+        return Some((char::from(c), 1));
+    }
+    let ch = char_at(line, pos)?;
+    Some((ch, ch.len_utf8()))
 }
 
 /// BuildKit's `parseWords`: whitespace-separated words, quotes and escapes kept.
@@ -215,25 +271,42 @@ pub(crate) fn parse_words(line: &str, lo: usize, hi: usize, escape: char) -> Vec
     let mut text_end = lo;
     let mut pos = lo;
     loop {
-        let ch = if pos < hi { char_at(line, pos) } else { None };
+        let ch = if pos < hi {
+            char_width_at(line, pos)
+        } else {
+            None
+        };
         if phase == Phase::Spaces {
-            let Some(c) = ch else { break };
+            let Some((c, width)) = ch else { break };
             if is_space(c) {
-                pos += c.len_utf8();
+                pos += width;
                 continue;
             }
             phase = Phase::Word;
             start = pos;
             text_end = pos;
         }
-        let Some(c) = ch else {
+        let Some((c, width)) = ch else {
             if blank_ok || text_end > start {
                 words.push((slice(start, text_end), start, hi));
             }
             break;
         };
-        let width = c.len_utf8();
         if phase == Phase::Word {
+            let plain = |x: u8| {
+                x < 0x80 && !is_space_byte(x) && x != b'\'' && x != b'"' && char::from(x) != escape
+            };
+            if c.is_ascii() && plain(c as u8) {
+                // Fast path: a run of plain ASCII.
+                let run = line
+                    .as_bytes()
+                    .get(pos..hi)
+                    .and_then(|t| t.iter().position(|&x| !plain(x)))
+                    .unwrap_or(hi - pos);
+                pos += run.max(1);
+                text_end = pos;
+                continue;
+            }
             if is_space(c) {
                 phase = Phase::Spaces;
                 if blank_ok || text_end > start {
@@ -255,8 +328,10 @@ pub(crate) fn parse_words(line: &str, lo: usize, hi: usize, escape: char) -> Vec
                     continue;
                 }
                 pos += width;
-                let Some(next) = char_at(line, pos) else { break };
-                pos += next.len_utf8();
+                let Some((_, next)) = char_width_at(line, pos) else {
+                    break;
+                };
+                pos += next;
             } else {
                 pos += width;
             }
@@ -274,8 +349,10 @@ pub(crate) fn parse_words(line: &str, lo: usize, hi: usize, escape: char) -> Vec
                 continue;
             }
             pos += width;
-            let Some(next) = char_at(line, pos) else { break };
-            pos += next.len_utf8();
+            let Some((_, next)) = char_width_at(line, pos) else {
+                break;
+            };
+            pos += next;
         } else {
             pos += width;
         }
@@ -445,11 +522,7 @@ pub(crate) fn parse_maybe_json_to_list(
 
 /// BuildKit's `parseHealthConfig`: the type word (`CMD`, `NONE`, ...) and then the
 /// command as in [`parse_maybe_json`].
-pub(crate) fn parse_health_config(
-    line: &str,
-    lo: usize,
-    hi: usize,
-) -> Result<Parsed, LineError> {
+pub(crate) fn parse_health_config(line: &str, lo: usize, hi: usize) -> Result<Parsed, LineError> {
     // BuildKit walks bytes here too: only ASCII whitespace separates (and the bytes
     // 0x85 and 0xA0 inside a character, which end the type word after that character).
     let s = line.get(lo..hi).unwrap_or("");

@@ -15,10 +15,12 @@
 //!
 //! Where forge deliberately differs from BuildKit:
 //! * BuildKit stops at the first error; forge reports them all.
-//! * BuildKit's flag extraction works on bytes and mangles non-ASCII flag values;
-//!   forge keeps them intact.
-//! * `COPY --from=` (empty) is an error here; BuildKit copies from the context.
+//! * BuildKit reads flags (and HEALTHCHECK's type word) byte by byte, garbling non-ASCII
+//!   characters; forge keeps them intact but splits words where BuildKit does (after
+//!   the character when BuildKit splits inside one).
+//! * `COPY --from=` (empty) is an error here; BuildKit copies from the build context.
 //! * The trigger of an `ONBUILD` is checked now, not when the image is used.
+//! * `RUN --device` is not accepted (forge has no devices).
 
 pub mod ast;
 mod flags;

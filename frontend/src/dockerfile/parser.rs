@@ -79,6 +79,9 @@ pub(crate) struct LineMap<'a> {
 
 impl LineMap<'_> {
     fn seg_for(&self, p: usize) -> (usize, usize) {
+        if let [only] = self.segs {
+            return *only;
+        }
         let i = self.segs.partition_point(|s| s.0 <= p);
         self.segs
             .get(i.saturating_sub(1))
@@ -323,7 +326,12 @@ fn single_node(
         child: None,
         attributes: Attributes { json: parsed.json },
         heredocs: Vec::new(),
-        original: line.get(lo..hi).unwrap_or("").to_string(),
+        // The whole line is moved in by the caller.
+        original: if lo == 0 && hi == line.len() {
+            String::new()
+        } else {
+            line.get(lo..hi).unwrap_or("").to_string()
+        },
         span: map.span(tlo, thi),
         start_line: 0,
         end_line: 0,
@@ -383,11 +391,9 @@ pub(crate) fn parse(source: &SourceFile) -> Output {
     let mut dirs = DirectiveState::default();
     let mut directives = Vec::new();
     let mut problems = Vec::new();
-    let mut children: Vec<Node> =
-        Vec::with_capacity(text.bytes().filter(|b| *b == b'\n').count() / 2 + 1);
+    let mut children: Vec<Node> = Vec::with_capacity(text.matches('\n').count() + 1);
     let mut warnings = Vec::new();
     let mut comments: Vec<String> = Vec::new();
-    let mut line = String::new();
     let mut segs: Vec<(usize, usize)> = Vec::new();
     let mut line_no = 0usize;
     let mut first = true;
@@ -395,7 +401,10 @@ pub(crate) fn parse(source: &SourceFile) -> Output {
     'lines: while let Some(mut phys) = lines.next_line() {
         if first {
             first = false;
-            if text.get(phys.start..).is_some_and(|t| t.starts_with('\u{feff}')) {
+            if text
+                .get(phys.start..)
+                .is_some_and(|t| t.starts_with('\u{feff}'))
+            {
                 phys.start += '\u{feff}'.len_utf8();
                 phys.end = phys.end.max(phys.start);
             }
@@ -453,9 +462,9 @@ pub(crate) fn parse(source: &SourceFile) -> Output {
         if end_of_line && seg_hi == tok_lo {
             continue;
         }
-        line.clear();
         segs.clear();
         segs.push((0, tok_lo));
+        let mut line = String::with_capacity(phys.end - tok_lo);
         line.push_str(text.get(tok_lo..seg_hi).unwrap_or(""));
         let mut last_end = phys.end;
         let mut has_empty_continuation = false;
@@ -480,14 +489,6 @@ pub(crate) fn parse(source: &SourceFile) -> Output {
         }
 
         let map = LineMap { segs: &segs };
-        let mut node = match build_node(&line, &map, escape) {
-            Ok(node) => node,
-            Err(e) => {
-                problems.push(line_problem(e, &map));
-                comments.clear();
-                continue;
-            }
-        };
         let node_start = map.start(trim_space_range(&line, 0, line.len()).0);
         if has_empty_continuation {
             warnings.push(Warning {
@@ -496,9 +497,19 @@ pub(crate) fn parse(source: &SourceFile) -> Output {
                 line: line_no,
             });
         }
+        let mut node = match build_node(&line, &map, escape) {
+            Ok(node) => node,
+            Err(e) => {
+                problems.push(line_problem(e, &map));
+                comments.clear();
+                continue;
+            }
+        };
+        node.original = line;
+        let line = node.original.as_str();
 
         if can_contain_heredoc(&node) && line.contains("<<") {
-            let docs = match heredocs_from_line(&line) {
+            let docs = match heredocs_from_line(line) {
                 Ok(docs) => docs,
                 Err((message, lo, hi)) => {
                     problems.push(problem(
@@ -564,7 +575,10 @@ pub(crate) fn parse(source: &SourceFile) -> Output {
     }
 
     if let Some(at) = lines.too_long {
-        let width = text.get(at..).and_then(|t| t.chars().next()).map_or(0, char::len_utf8);
+        let width = text
+            .get(at..)
+            .and_then(|t| t.chars().next())
+            .map_or(0, char::len_utf8);
         problems.push(problem(
             codes::LINE_TOO_LONG,
             format!(
