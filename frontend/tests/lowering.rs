@@ -371,10 +371,7 @@ fn heredoc_sources_stay_markers_and_bodies_expand_unless_quoted() {
     let Op::Copy(copy) = &ir.stages[0].steps[1].op else {
         panic!("a COPY")
     };
-    assert_eq!(
-        copy.sources,
-        vec!["<<EOF".to_string(), "<<RAW".to_string()]
-    );
+    assert_eq!(copy.sources, vec!["<<EOF".to_string(), "<<RAW".to_string()]);
     assert_eq!(copy.heredocs[0].content, "hello world\n");
     assert_eq!(copy.heredocs[1].content, "keep $NAME\n");
     // RUN heredocs are left to the shell.
