@@ -24,7 +24,7 @@
 
 pub mod ast;
 mod flags;
-mod goparse;
+pub(crate) mod goparse;
 mod gostr;
 mod heredoc;
 mod instructions;

@@ -106,85 +106,20 @@ const MIN_DURATION_NS: u64 = 1_000_000;
 /// `HEALTHCHECK` options: negative values and non-zero values under 1ms are refused.
 /// Returns nanoseconds.
 pub(crate) fn duration_ns(text: &str) -> Result<u64, String> {
-    let invalid = || format!("invalid duration {text:?}");
-    let (negative, mut rest) = match text.as_bytes().first() {
-        Some(b'-') => (true, &text[1..]),
-        Some(b'+') => (false, &text[1..]),
-        _ => (false, text),
-    };
-    if rest == "0" {
-        return Ok(0);
-    }
-    if rest.is_empty() {
-        return Err(invalid());
-    }
-    let mut total: u128 = 0;
-    while !rest.is_empty() {
-        // The number: digits, optionally a fraction.
-        let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let (int_part, after) = rest.split_at(int_len);
-        let (frac_part, after) = match after.strip_prefix('.') {
-            Some(f) => {
-                let n = f.bytes().take_while(u8::is_ascii_digit).count();
-                f.split_at(n)
-            }
-            None => ("", after),
-        };
-        if int_part.is_empty() && frac_part.is_empty() {
-            return Err(invalid());
-        }
-        // The unit: everything up to the next number.
-        let unit_len = after
-            .find(|c: char| c == '.' || c.is_ascii_digit())
-            .unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_len);
-        let scale: u128 = match unit {
-            "ns" => 1,
-            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "" => {
-                return Err(format!(
-                    "missing unit in duration {text:?} (use ns, us, ms, s, m or h)"
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "unknown unit {other:?} in duration {text:?} (use ns, us, ms, s, m or h)"
-                ))
-            }
-        };
-        let whole: u128 = if int_part.is_empty() {
-            0
+    // Go's own rules, shared with the Dockerfile's HEALTHCHECK flags.
+    let ns = crate::dockerfile::goparse::parse_duration(text).map_err(|e| {
+        let e = e.strip_prefix("time: ").unwrap_or(&e).to_string();
+        if e.contains("unit") {
+            format!("{e} (use ns, us, ms, s, m or h)")
         } else {
-            int_part.parse().map_err(|_| invalid())?
-        };
-        let mut value = whole.checked_mul(scale).ok_or_else(invalid)?;
-        if !frac_part.is_empty() {
-            // Go keeps the fraction's first digits that matter and truncates.
-            let digits = &frac_part[..frac_part.len().min(18)];
-            let frac: u128 = digits.parse().map_err(|_| invalid())?;
-            let div = 10u128.pow(u32::try_from(digits.len()).map_err(|_| invalid())?);
-            value = value
-                .checked_add(frac.checked_mul(scale).ok_or_else(invalid)? / div)
-                .ok_or_else(invalid)?;
+            e
         }
-        total = total.checked_add(value).ok_or_else(invalid)?;
-        if total > u128::from(i64::MAX.unsigned_abs()) {
-            return Err(format!("duration {text:?} is too large"));
-        }
-        rest = after;
-    }
-    let total = u64::try_from(total).map_err(|_| invalid())?;
-    if negative && total != 0 {
-        return Err(format!("duration {text:?} cannot be negative"));
-    }
-    if total != 0 && total < MIN_DURATION_NS {
+    })?;
+    let ns = u64::try_from(ns).map_err(|_| format!("duration {text:?} cannot be negative"))?;
+    if ns != 0 && ns < MIN_DURATION_NS {
         return Err(format!("duration {text:?} cannot be less than 1ms"));
     }
-    Ok(total)
+    Ok(ns)
 }
 
 #[cfg(test)]
@@ -239,6 +174,6 @@ mod tests {
         assert!(duration_ns("10us").is_err_and(|e| e.contains("less than 1ms")));
         assert!(duration_ns("s").is_err());
         assert!(duration_ns("1.s").is_ok());
-        assert!(duration_ns("9999999999h").is_err_and(|e| e.contains("too large")));
+        assert!(duration_ns("9999999999h").is_err_and(|e| e.contains("invalid duration")));
     }
 }
