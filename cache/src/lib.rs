@@ -17,6 +17,11 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod image;
+pub mod layer;
+pub mod reference;
+pub mod store;
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum CacheError {
@@ -32,6 +37,118 @@ pub enum CacheError {
         /// What is wrong with it.
         reason: &'static str,
     },
+
+    /// A string that should be an image reference is not one.
+    #[error("invalid reference `{text}`: {reason}")]
+    #[diagnostic(
+        code(cache::invalid_reference),
+        help("a reference looks like [registry/]repository[:tag][@sha256:<hex>], e.g. `ubuntu:22.04`")
+    )]
+    InvalidReference {
+        /// What was given.
+        text: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A file operation in the store failed.
+    #[error("cannot {action} `{}`: {error}", path.display())]
+    #[diagnostic(
+        code(cache::io),
+        help(
+            "check that the store directory ($FORGE_HOME) exists, is writable and has free space"
+        )
+    )]
+    Io {
+        /// What forge was doing, e.g. `read`.
+        action: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        error: std::io::Error,
+    },
+
+    /// A blob is not in the store.
+    #[error("blob `{digest}` is not in the store")]
+    #[diagnostic(
+        code(cache::blob_not_found),
+        help("pull or rebuild the image that needs it; `forge fsck` lists what is missing")
+    )]
+    BlobNotFound {
+        /// The missing blob.
+        digest: Sha256Digest,
+    },
+
+    /// Content does not hash to the digest it is stored or announced under.
+    #[error("blob `{digest}` is corrupt: its content hashes to `{actual}`")]
+    #[diagnostic(
+        code(cache::digest_mismatch),
+        help("run `forge fsck --repair` to remove broken blobs, then pull or rebuild the image")
+    )]
+    DigestMismatch {
+        /// The digest the content should have.
+        digest: Sha256Digest,
+        /// The digest it has.
+        actual: Sha256Digest,
+    },
+
+    /// A JSON document in the store (index.json, a manifest, a config, a lease)
+    /// does not parse.
+    #[error("invalid {what} `{name}`: {reason}")]
+    #[diagnostic(
+        code(cache::invalid_document),
+        help("the store may have been edited by hand; `forge fsck` checks it")
+    )]
+    InvalidDocument {
+        /// What kind of document, e.g. `manifest`.
+        what: &'static str,
+        /// Its file or digest.
+        name: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+
+    /// No image matches a name, ID or digest.
+    #[error("no image `{query}` in the store")]
+    #[diagnostic(
+        code(cache::image_not_found),
+        help("`forge images` lists the images in the store")
+    )]
+    ImageNotFound {
+        /// What was asked for.
+        query: String,
+    },
+
+    /// An image ID prefix matches more than one image.
+    #[error("image ID prefix `{prefix}` is ambiguous: it matches {candidates}")]
+    #[diagnostic(
+        code(cache::ambiguous_image),
+        help("give more hex digits of the ID, or the image's name")
+    )]
+    AmbiguousImage {
+        /// The prefix given.
+        prefix: String,
+        /// The matching images, comma-separated.
+        candidates: String,
+    },
+
+    /// An image cannot be tagged because blobs it references are missing.
+    #[error("image `{digest}` is incomplete: blob `{missing}` is not in the store")]
+    #[diagnostic(
+        code(cache::incomplete_image),
+        help("write every blob (config, layers, child manifests) before tagging the manifest")
+    )]
+    IncompleteImage {
+        /// The manifest or index being tagged.
+        digest: Sha256Digest,
+        /// A blob it references that is absent.
+        missing: Sha256Digest,
+    },
+
+    /// Making or applying a layer failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Layer(#[from] layer::LayerError),
 }
 
 /// An OCI content digest (`sha256:<hex>`), the name of a blob, manifest or config.

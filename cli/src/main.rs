@@ -2,6 +2,9 @@
 //! and turns their errors into reports with exit codes (1: your input, 2: the
 //! environment, 101: a bug in forge).
 
+mod human;
+mod images;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +31,22 @@ enum Command {
     Build(BuildArgs),
     /// Print the build graph: steps, dependencies, cache keys, what can run in parallel.
     Graph(GraphArgs),
+    /// List images in the store.
+    Images(images::ImagesArgs),
+    /// Give an image another name.
+    Tag(images::TagArgs),
+    /// Remove images (untag; delete the manifest when no name is left).
+    Rmi(images::RmiArgs),
+    /// Print details of images as JSON.
+    Inspect(images::InspectArgs),
+    /// Show the history of an image.
+    History(images::HistoryArgs),
+    /// Make an image from a root filesystem tarball.
+    Import(images::ImportArgs),
+    /// Check the store; `--repair` removes what is broken.
+    Fsck(images::FsckArgs),
+    /// Remove blobs no image, build or container uses.
+    Prune,
     /// Tools for looking inside forge.
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -158,6 +177,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Graph(args) => plan(&args.input, args.format),
+        Command::Images(args) => images::images(&args),
+        Command::Tag(args) => images::tag(&args),
+        Command::Rmi(args) => images::rmi(&args),
+        Command::Inspect(args) => images::inspect(&args),
+        Command::History(args) => images::history(&args),
+        Command::Import(args) => images::import(&args),
+        Command::Fsck(args) => images::fsck(&args),
+        Command::Prune => images::prune(),
         Command::Build(args) => {
             if args.dry_run {
                 return plan(&args.input, args.format);

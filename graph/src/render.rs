@@ -70,9 +70,9 @@ fn render_source(s: &SourceRef, stage_name: &dyn Fn(StageId) -> String) -> Strin
 }
 
 fn duration(ns: u64) -> String {
-    if ns % 1_000_000_000 == 0 {
+    if ns.is_multiple_of(1_000_000_000) {
         format!("{}s", ns / 1_000_000_000)
-    } else if ns % 1_000_000 == 0 {
+    } else if ns.is_multiple_of(1_000_000) {
         format!("{}ms", ns / 1_000_000)
     } else {
         format!("{ns}ns")

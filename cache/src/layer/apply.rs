@@ -1,0 +1,682 @@
+//! Applying a layer to a directory, treating the tarball as hostile.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use nix::sys::stat::{Mode, SFlag};
+use nix::sys::time::TimeSpec;
+
+use super::detect::{in_process, peek, DetectedCompression};
+use super::LayerError;
+
+/// Bounds against decompression bombs and absurd layers. 0 disables a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyLimits {
+    /// Most bytes of uncompressed tar stream (headers and data).
+    pub max_total_bytes: u64,
+    /// Most tar entries.
+    pub max_entries: u64,
+    /// Largest ratio of uncompressed to compressed bytes (checked past 1 MiB).
+    pub max_ratio: u64,
+}
+
+impl Default for ApplyLimits {
+    /// 256 GiB, 10 million entries, ratio 1000 (gzip cannot exceed ~1032:1; zstd can
+    /// reach far more, which is what a bomb uses).
+    fn default() -> Self {
+        Self {
+            max_total_bytes: 256 << 30,
+            max_entries: 10_000_000,
+            max_ratio: 1000,
+        }
+    }
+}
+
+/// What applying a layer did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Tar entries processed (incl. whiteouts).
+    pub entries: u64,
+    /// Bytes of file content written.
+    pub bytes_written: u64,
+    /// Whiteouts and opaque markers applied.
+    pub whiteouts: u64,
+    /// Bytes read from the (possibly compressed) input.
+    pub compressed_bytes: u64,
+    /// Bytes of uncompressed tar stream.
+    pub uncompressed_bytes: u64,
+}
+
+/// The ratio check starts after this much output, so tiny layers of empty files
+/// (which compress very well) are not refused.
+const RATIO_GRACE: u64 = 1 << 20;
+
+#[derive(Default)]
+struct Meter {
+    compressed: Cell<u64>,
+    uncompressed: Cell<u64>,
+    tripped: Cell<Option<(&'static str, u64, u64)>>,
+}
+
+struct CountIn<R> {
+    inner: R,
+    meter: Rc<Meter>,
+}
+
+impl<R: Read> Read for CountIn<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.meter
+            .compressed
+            .set(self.meter.compressed.get() + n as u64);
+        Ok(n)
+    }
+}
+
+struct CountOut<R> {
+    inner: R,
+    meter: Rc<Meter>,
+    limits: ApplyLimits,
+}
+
+impl<R: Read> Read for CountOut<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.meter.tripped.get().is_some() {
+            return Err(io::Error::other("layer limit exceeded"));
+        }
+        let n = self.inner.read(buf)?;
+        let total = self.meter.uncompressed.get() + n as u64;
+        self.meter.uncompressed.set(total);
+        let max = self.limits.max_total_bytes;
+        if max > 0 && total > max {
+            self.meter.tripped.set(Some(("total size", total, max)));
+        }
+        let ratio = self.limits.max_ratio;
+        let compressed = self.meter.compressed.get().max(1);
+        if ratio > 0 && total > RATIO_GRACE && total / compressed > ratio {
+            self.meter
+                .tripped
+                .set(Some(("compression ratio", total / compressed, ratio)));
+        }
+        if self.meter.tripped.get().is_some() {
+            return Err(io::Error::other("layer limit exceeded"));
+        }
+        Ok(n)
+    }
+}
+
+/// Apply a layer to the directory `root`: create, replace and delete (whiteouts)
+/// what it says. The input may be a plain tar or gzip/zstd compressed (detected);
+/// bzip2/xz must go through [`super::decompress`] first.
+///
+/// Refuses, with an error naming the entry: absolute names, `..`, parents that are
+/// symlinks leading out of the root (absolute, or climbing above it), hardlinks to
+/// outside the root, and anything beyond `limits`. See the module documentation.
+pub fn apply_layer(
+    input: &mut dyn Read,
+    root: &Path,
+    limits: &ApplyLimits,
+) -> Result<ApplyStats, LayerError> {
+    let meter = Rc::new(Meter::default());
+    let counted = CountIn {
+        inner: input,
+        meter: Rc::clone(&meter),
+    };
+    let (kind, counted) = peek(counted).map_err(LayerError::Input)?;
+    let reader = match in_process(kind, counted)? {
+        Ok(reader) => reader,
+        Err(_) => {
+            return Err(LayerError::InvalidEntry {
+                entry: String::new(),
+                reason: format!(
+                    "the layer is {} compressed; decompress it with layer::decompress first",
+                    if kind == DetectedCompression::Bzip2 {
+                        "bzip2"
+                    } else {
+                        "xz"
+                    }
+                ),
+            })
+        }
+    };
+    let counted = CountOut {
+        inner: reader,
+        meter: Rc::clone(&meter),
+        limits: *limits,
+    };
+    let mut applier = Applier {
+        root: root.to_path_buf(),
+        limits: *limits,
+        meter: Rc::clone(&meter),
+        written: HashSet::new(),
+        dir_times: Vec::new(),
+        stats: ApplyStats::default(),
+        is_root: nix::unistd::geteuid().is_root(),
+        current: String::new(),
+    };
+    let mut archive = tar::Archive::new(counted);
+    let result = applier.run(&mut archive);
+    let result = result.and_then(|()| applier.finish());
+    // Read to the end (the tar reader stops at the first end block), so the whole
+    // input is consumed — a caller hashing it sees every byte — and counted.
+    let result = result.and_then(|()| {
+        io::copy(&mut archive.into_inner(), &mut io::sink())
+            .map(drop)
+            .map_err(LayerError::Input)
+    });
+    match result {
+        Err(e) => Err(applier.limit_error().unwrap_or(e)),
+        Ok(()) => {
+            let mut stats = applier.stats;
+            stats.compressed_bytes = meter.compressed.get();
+            stats.uncompressed_bytes = meter.uncompressed.get();
+            Ok(stats)
+        }
+    }
+}
+
+struct Applier {
+    root: PathBuf,
+    limits: ApplyLimits,
+    meter: Rc<Meter>,
+    /// Real paths this layer created or updated: whiteouts must not remove them.
+    written: HashSet<PathBuf>,
+    /// Directory mtimes, set at the end (adding children changes them).
+    dir_times: Vec<(PathBuf, i64)>,
+    stats: ApplyStats,
+    is_root: bool,
+    /// The entry being applied, for errors.
+    current: String,
+}
+
+/// A tar entry name, checked and split into components.
+fn components<'a>(name: &'a [u8], entry: &str) -> Result<Vec<&'a [u8]>, LayerError> {
+    if name.first() == Some(&b'/') {
+        return Err(unsafe_entry(entry, "absolute path".into()));
+    }
+    let mut out = Vec::new();
+    for c in name.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err(unsafe_entry(entry, "`..` in path".into())),
+            c if c.contains(&0) => {
+                return Err(LayerError::InvalidEntry {
+                    entry: entry.to_string(),
+                    reason: "NUL byte in name".into(),
+                })
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+fn unsafe_entry(entry: &str, reason: String) -> LayerError {
+    LayerError::UnsafeEntry {
+        entry: entry.to_string(),
+        reason,
+    }
+}
+
+fn lstat(path: &Path) -> io::Result<Option<fs::Metadata>> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Remove whatever is at `path` (a directory recursively, never following links).
+fn remove_any(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
+    if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
+}
+
+impl Applier {
+    fn limit_error(&self) -> Option<LayerError> {
+        self.meter
+            .tripped
+            .get()
+            .map(|(limit, value, max)| LayerError::LimitExceeded {
+                limit,
+                entry: self.current.clone(),
+                value,
+                max,
+            })
+    }
+
+    fn io_err(&self) -> impl FnOnce(io::Error) -> LayerError + '_ {
+        move |source| {
+            self.limit_error().unwrap_or_else(|| LayerError::Apply {
+                entry: self.current.clone(),
+                source,
+            })
+        }
+    }
+
+    fn input_err(&self, e: io::Error) -> LayerError {
+        self.limit_error().unwrap_or(LayerError::Input(e))
+    }
+
+    /// A malformed header field of the current entry.
+    fn field_err(&self, e: io::Error) -> LayerError {
+        self.limit_error()
+            .unwrap_or_else(|| LayerError::InvalidEntry {
+                entry: self.current.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn run<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<(), LayerError> {
+        let entries = archive.entries().map_err(|e| self.input_err(e))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| self.input_err(e))?;
+            let name = entry.path_bytes().into_owned();
+            self.current = String::from_utf8_lossy(&name).into_owned();
+            self.stats.entries += 1;
+            if self.limits.max_entries > 0 && self.stats.entries > self.limits.max_entries {
+                return Err(LayerError::LimitExceeded {
+                    limit: "entry count",
+                    entry: self.current.clone(),
+                    value: self.stats.entries,
+                    max: self.limits.max_entries,
+                });
+            }
+            self.apply_entry(&mut entry, &name)?;
+        }
+        Ok(())
+    }
+
+    /// Resolve the directory made of `comps` inside the root, component by
+    /// component, following symlinks only while they stay inside the root.
+    /// Missing directories are created if `create`, else `Ok(None)`.
+    fn resolve_dir(&self, comps: &[&[u8]], create: bool) -> Result<Option<PathBuf>, LayerError> {
+        let mut real: Vec<OsString> = Vec::new();
+        let mut queue: std::collections::VecDeque<Vec<u8>> =
+            comps.iter().map(|c| c.to_vec()).collect();
+        let mut hops = 0;
+        while let Some(c) = queue.pop_front() {
+            match c.as_slice() {
+                b"" | b"." => continue,
+                b".." => {
+                    if real.pop().is_none() {
+                        return Err(unsafe_entry(
+                            &self.current,
+                            "a symlink in its path leads above the root".into(),
+                        ));
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let mut path = self.root.clone();
+            path.extend(real.iter());
+            path.push(OsStr::from_bytes(&c));
+            match lstat(&path).map_err(self.io_err())? {
+                Some(m) if m.is_dir() => real.push(OsString::from_vec(c)),
+                Some(m) if m.file_type().is_symlink() => {
+                    hops += 1;
+                    if hops > 40 {
+                        return Err(unsafe_entry(
+                            &self.current,
+                            "too many levels of symlinks in its path".into(),
+                        ));
+                    }
+                    let target = fs::read_link(&path).map_err(self.io_err())?;
+                    let target = target.as_os_str().as_bytes();
+                    if target.first() == Some(&b'/') {
+                        return Err(unsafe_entry(
+                            &self.current,
+                            format!(
+                                "its parent `{}` is a symlink to the absolute path `{}`, outside the root",
+                                path.strip_prefix(&self.root).unwrap_or(&path).display(),
+                                String::from_utf8_lossy(target)
+                            ),
+                        ));
+                    }
+                    for part in target.split(|b| *b == b'/').rev() {
+                        queue.push_front(part.to_vec());
+                    }
+                }
+                Some(_) => {
+                    if create {
+                        return Err(LayerError::InvalidEntry {
+                            entry: self.current.clone(),
+                            reason: format!(
+                                "its parent `{}` is not a directory",
+                                path.strip_prefix(&self.root).unwrap_or(&path).display()
+                            ),
+                        });
+                    }
+                    return Ok(None);
+                }
+                None => {
+                    if !create {
+                        return Ok(None);
+                    }
+                    fs::DirBuilder::new()
+                        .mode(0o755)
+                        .create(&path)
+                        .map_err(self.io_err())?;
+                    real.push(OsString::from_vec(c));
+                }
+            }
+        }
+        let mut path = self.root.clone();
+        path.extend(real.iter());
+        Ok(Some(path))
+    }
+
+    fn apply_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &[u8],
+    ) -> Result<(), LayerError> {
+        use tar::EntryType as T;
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink
+        ) {
+            return Ok(());
+        }
+        let comps = components(name, &self.current)?;
+        let Some((last, parents)) = comps.split_last() else {
+            // The root itself (`./`): leave the root's own metadata alone.
+            return Ok(());
+        };
+        // Whiteouts.
+        if let Some(target) = last.strip_prefix(b".wh.") {
+            self.stats.whiteouts += 1;
+            let Some(dir) = self.resolve_dir(parents, false)? else {
+                return Ok(());
+            };
+            if target == b".wh..opq" {
+                self.clear_lower(&dir)?;
+            } else if target.starts_with(b".wh.") {
+                // Other AUFS metadata (`.wh..wh.plnk` …): nothing to do.
+            } else if !target.is_empty() {
+                let victim = dir.join(OsStr::from_bytes(target));
+                if !self.written.contains(&victim) {
+                    if let Some(meta) = lstat(&victim).map_err(self.io_err())? {
+                        remove_any(&victim, &meta).map_err(self.io_err())?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let dir = self
+            .resolve_dir(parents, true)?
+            .ok_or_else(|| LayerError::InvalidEntry {
+                entry: self.current.clone(),
+                reason: "its parent directory cannot be created".into(),
+            })?;
+        let dest = dir.join(OsStr::from_bytes(last));
+        let header = entry.header().clone();
+        let mode = header.mode().map_err(|e| self.field_err(e))? & 0o7777;
+        let uid = header.uid().map_err(|e| self.field_err(e))?;
+        let gid = header.gid().map_err(|e| self.field_err(e))?;
+        let mut mtime = i64::try_from(header.mtime().map_err(|e| self.field_err(e))?).unwrap_or(0);
+        let mut xattrs = Vec::new();
+        if let Some(pax) = entry.pax_extensions().map_err(|e| self.input_err(e))? {
+            for ext in pax {
+                let ext = ext.map_err(|e| self.input_err(e))?;
+                let key = ext.key_bytes();
+                if let Some(xname) = key.strip_prefix(b"SCHILY.xattr.") {
+                    xattrs.push((xname.to_vec(), ext.value_bytes().to_vec()));
+                } else if key == b"mtime" {
+                    let v = String::from_utf8_lossy(ext.value_bytes());
+                    let secs = v.split('.').next().unwrap_or("0");
+                    mtime = secs.parse().unwrap_or(mtime);
+                }
+            }
+        }
+        let existing = lstat(&dest).map_err(self.io_err())?;
+        let is_dir = kind == T::Directory;
+        // Replace what is there unless both are directories.
+        if let Some(meta) = &existing {
+            if !(is_dir && meta.is_dir()) {
+                remove_any(&dest, meta).map_err(self.io_err())?;
+            }
+        }
+        match kind {
+            T::Directory => {
+                if !existing.as_ref().is_some_and(|m| m.is_dir()) {
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&dest)
+                        .map_err(self.io_err())?;
+                }
+            }
+            T::Regular | T::Continuous | T::GNUSparse => {
+                self.write_file(entry, &dest)?;
+            }
+            T::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| LayerError::InvalidEntry {
+                        entry: self.current.clone(),
+                        reason: "symlink without a target".into(),
+                    })?;
+                // The target is stored, never followed here: no check needed.
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &dest)
+                    .map_err(self.io_err())?;
+            }
+            T::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| LayerError::InvalidEntry {
+                        entry: self.current.clone(),
+                        reason: "hardlink without a target".into(),
+                    })?
+                    .into_owned();
+                let source = self.resolve_link_target(&target)?;
+                fs::hard_link(&source, &dest).map_err(self.io_err())?;
+                // A hardlink shares the inode: its metadata came with the target.
+                self.written.insert(dest);
+                return Ok(());
+            }
+            T::Char | T::Block | T::Fifo => {
+                let major = header
+                    .device_major()
+                    .map_err(|e| self.field_err(e))?
+                    .unwrap_or(0);
+                let minor = header
+                    .device_minor()
+                    .map_err(|e| self.field_err(e))?
+                    .unwrap_or(0);
+                let sflag = match kind {
+                    T::Char => SFlag::S_IFCHR,
+                    T::Block => SFlag::S_IFBLK,
+                    _ => SFlag::S_IFIFO,
+                };
+                nix::sys::stat::mknod(
+                    &dest,
+                    sflag,
+                    Mode::from_bits_truncate(0o600),
+                    nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
+                )
+                .map_err(|e| self.io_err()(io::Error::from(e)))?;
+            }
+            other => {
+                return Err(LayerError::InvalidEntry {
+                    entry: self.current.clone(),
+                    reason: format!("unsupported tar entry type {other:?}"),
+                })
+            }
+        }
+        self.set_metadata(&dest, kind == T::Symlink, uid, gid, mode, &xattrs)?;
+        if is_dir {
+            self.dir_times.push((dest.clone(), mtime));
+        } else {
+            self.set_mtime(&dest, mtime)?;
+        }
+        self.written.insert(dest);
+        Ok(())
+    }
+
+    fn write_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        dest: &Path,
+    ) -> Result<(), LayerError> {
+        let size = entry.size();
+        let max = self.limits.max_total_bytes;
+        let so_far = self.meter.uncompressed.get();
+        if max > 0 && so_far.saturating_add(size) > max {
+            return Err(LayerError::LimitExceeded {
+                limit: "total size",
+                entry: self.current.clone(),
+                value: so_far.saturating_add(size),
+                max,
+            });
+        }
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(dest)
+            .map_err(self.io_err())?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let copied = (|| -> Result<u64, LayerError> {
+            let mut n = 0u64;
+            loop {
+                let k = match entry.read(&mut buf) {
+                    Ok(0) => return Ok(n),
+                    Ok(k) => k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(self.input_err(e)),
+                };
+                file.write_all(&buf[..k]).map_err(self.io_err())?;
+                n += k as u64;
+            }
+        })();
+        match copied {
+            Ok(n) => {
+                self.stats.bytes_written += n;
+                Ok(())
+            }
+            Err(e) => {
+                drop(file);
+                let _ = fs::remove_file(dest);
+                Err(e)
+            }
+        }
+    }
+
+    /// A hardlink target: inside the root, existing, not a directory.
+    fn resolve_link_target(&self, target: &[u8]) -> Result<PathBuf, LayerError> {
+        let shown = String::from_utf8_lossy(target);
+        let comps = components(target, &self.current).map_err(|_| {
+            unsafe_entry(
+                &self.current,
+                format!("hardlink target `{shown}` is outside the root"),
+            )
+        })?;
+        let (last, parents) = comps
+            .split_last()
+            .ok_or_else(|| unsafe_entry(&self.current, "hardlink to the root directory".into()))?;
+        let dir = self
+            .resolve_dir(parents, false)?
+            .ok_or_else(|| LayerError::InvalidEntry {
+                entry: self.current.clone(),
+                reason: format!("hardlink target `{shown}` does not exist"),
+            })?;
+        let source = dir.join(OsStr::from_bytes(last));
+        match lstat(&source).map_err(self.io_err())? {
+            Some(m) if !m.is_dir() => Ok(source),
+            Some(_) => Err(LayerError::InvalidEntry {
+                entry: self.current.clone(),
+                reason: format!("hardlink target `{shown}` is a directory"),
+            }),
+            None => Err(LayerError::InvalidEntry {
+                entry: self.current.clone(),
+                reason: format!("hardlink target `{shown}` does not exist"),
+            }),
+        }
+    }
+
+    fn set_metadata(
+        &self,
+        dest: &Path,
+        symlink: bool,
+        uid: u64,
+        gid: u64,
+        mode: u32,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), LayerError> {
+        let (uid, gid) = (
+            u32::try_from(uid).unwrap_or(u32::MAX),
+            u32::try_from(gid).unwrap_or(u32::MAX),
+        );
+        if let Err(e) = std::os::unix::fs::lchown(dest, Some(uid), Some(gid)) {
+            // Rootless: files end up owned by the caller.
+            if self.is_root || e.kind() != io::ErrorKind::PermissionDenied {
+                return Err(self.io_err()(e));
+            }
+        }
+        for (name, value) in xattrs {
+            if let Err(e) = xattr::set(dest, OsStr::from_bytes(name), value) {
+                let unsupported = e.raw_os_error() == Some(nix::libc::ENOTSUP);
+                let privileged = !name.starts_with(b"user.");
+                let denied = e.kind() == io::ErrorKind::PermissionDenied;
+                if !(unsupported || (privileged && denied && !self.is_root)) {
+                    return Err(self.io_err()(e));
+                }
+            }
+        }
+        // After chown, which clears setuid/setgid.
+        if !symlink {
+            fs::set_permissions(dest, fs::Permissions::from_mode(mode)).map_err(self.io_err())?;
+        }
+        Ok(())
+    }
+
+    fn set_mtime(&self, dest: &Path, mtime: i64) -> Result<(), LayerError> {
+        let t = TimeSpec::new(mtime, 0);
+        nix::sys::stat::utimensat(
+            None,
+            dest,
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| self.io_err()(io::Error::from(e)))
+    }
+
+    /// Opaque directory: remove everything under `dir` not written by this layer.
+    fn clear_lower(&self, dir: &Path) -> Result<(), LayerError> {
+        for child in fs::read_dir(dir).map_err(self.io_err())? {
+            let child = child.map_err(self.io_err())?;
+            let path = child.path();
+            let meta = fs::symlink_metadata(&path).map_err(self.io_err())?;
+            if self.written.contains(&path) {
+                if meta.is_dir() {
+                    self.clear_lower(&path)?;
+                }
+            } else {
+                remove_any(&path, &meta).map_err(self.io_err())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), LayerError> {
+        self.current = String::new();
+        for (dir, mtime) in std::mem::take(&mut self.dir_times) {
+            self.set_mtime(&dir, mtime)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,401 @@
+//! OCI layers: making them from a directory (or a list of changes) and applying them.
+//!
+//! # Why compress at build time
+//!
+//! The store keeps layers as *compressed* blobs, the way BuildKit's containerd store
+//! does: the digest a registry sees is the digest of the compressed bytes, so it has
+//! to be known when the image is committed, and pushing must not recompress (it
+//! would be slow, and a different zlib would give a different digest). Export speed
+//! therefore matters, and the writer is a pipeline: the calling thread walks the
+//! tree and produces the tar stream in fixed 1 MiB chunks, hashing each chunk for
+//! the `diff_id` as it goes; compression runs on worker threads; the calling thread
+//! also writes the compressed chunks out in order, hashing them for the blob
+//! `digest`. Each byte is read from disk once and hashed once in each form.
+//!
+//! # Determinism
+//!
+//! The tar stream depends only on the tree: entries in byte order of their tar names
+//! (directories carry a trailing `/`, so a directory comes right before its
+//! contents and the order is what a depth-first walk with sorted children gives),
+//! numeric uid/gid without user or group names, modes as on disk, mtimes clamped to
+//! `SOURCE_DATE_EPOCH` (0 unless set), ustar headers with a PAX extended header only
+//! when needed (long names, large ids or sizes, xattrs), records in a fixed order.
+//! Hardlinks are detected by `(dev, inode)`; the first path in the order is the file,
+//! later ones are tar hardlink entries to it. Sockets are skipped (tar cannot hold
+//! them). The xattr `security.selinux` is not exported (it is a label of the build
+//! host's policy, and would make digests differ between hosts); overlayfs's own
+//! `trusted.overlay.*` / `user.overlay.*` xattrs are not exported either.
+//!
+//! Overlay upper directories are converted as they are read: a character device
+//! `0:0` is an overlay whiteout and becomes an empty regular file `.wh.NAME`; a
+//! directory with `trusted.overlay.opaque=y` or `user.overlay.opaque=y` gets a
+//! `.wh..wh..opq` entry. (Device `0:0` is never a real device, so this is done
+//! for every tree.)
+//!
+//! ## Parallel gzip whose bytes do not depend on the thread count
+//!
+//! Like pigz, the uncompressed stream is cut into chunks of a FIXED size
+//! ([`GZIP_CHUNK`], 1 MiB — never derived from the number of threads). Each chunk is
+//! raw-deflated on its own, primed with the previous 32 KiB of *input* as a preset
+//! dictionary (so compression ratio barely suffers), and ended with a sync flush
+//! (which byte-aligns the output and does not set the final-block bit); the last
+//! chunk is finished normally. The raw deflate pieces concatenate into one valid
+//! deflate stream, wrapped in a single gzip member with a fixed header (mtime 0,
+//! OS 255) and a trailer whose CRC-32 is combined from per-chunk CRCs. Every chunk's
+//! compressed bytes are a function of its own input and the 32 KiB before it only,
+//! so any number of threads produces the same bytes, and so the same digest.
+//!
+//! zstd: libzstd's multithreaded mode (`nbWorkers >= 1`) produces the same frame for
+//! any number of workers (jobs are cut by size, not by worker), but single-threaded
+//! mode (`nbWorkers = 0`) produces a different one. The writer therefore always uses
+//! `nbWorkers = max(threads, 1)`; the tests check 1, 2 and 8 give identical bytes.
+//!
+//! # Applying layers: the safety model
+//!
+//! [`apply_layer`] treats the tarball as hostile. Every entry name is checked: absolute
+//! names and `..` components are refused (`./` prefixes are accepted). The parent
+//! directories of an entry are resolved one component at a time inside the root:
+//! a symlink met on the way is followed only if it is relative and stays inside the
+//! root; an absolute symlink, or one whose `..` would climb above the root, makes
+//! the entry refused. The last component is never followed: an existing symlink
+//! there is replaced, and regular files are opened with `O_NOFOLLOW`. Hardlink
+//! targets are resolved the same way and must be an existing non-directory inside
+//! the root. Every refusal is an error naming the entry. Decompression bombs are
+//! bounded by [`ApplyLimits`]: total uncompressed bytes, number of entries and the
+//! ratio of uncompressed to compressed bytes; a file whose declared size exceeds
+//! the remaining budget is refused before anything is written. (The model assumes no
+//! other process is changing the root while a layer is being applied.)
+//!
+//! Whiteouts follow the OCI spec: `.wh.NAME` deletes `NAME` from lower layers, and
+//! `.wh..wh..opq` removes every lower entry of its directory; neither touches what
+//! the same layer wrote, whatever the order of entries in the tar.
+
+mod apply;
+mod compress;
+mod detect;
+mod tarfmt;
+mod write;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+pub use apply::{apply_layer, ApplyLimits, ApplyStats};
+pub use compress::GZIP_CHUNK;
+pub use detect::{decompress, detect, DetectedCompression};
+
+use crate::Sha256Digest;
+
+/// How a layer's tar stream is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Compression {
+    /// A plain tar (`application/vnd.oci.image.layer.v1.tar`).
+    None,
+    /// gzip, compressed in parallel chunks (`...tar+gzip`).
+    #[default]
+    Gzip,
+    /// zstd (`...tar+zstd`).
+    Zstd,
+}
+
+impl Compression {
+    /// The OCI media type of a layer compressed this way.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::None => "application/vnd.oci.image.layer.v1.tar",
+            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+
+    /// The level used when none is given: 6 for gzip, 3 for zstd.
+    pub fn default_level(self) -> i32 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 6,
+            Compression::Zstd => 3,
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = LayerError;
+
+    /// `none`/`uncompressed`, `gzip`, `zstd` (as in `--compression zstd`).
+    fn from_str(s: &str) -> Result<Self, LayerError> {
+        match s {
+            "none" | "uncompressed" => Ok(Compression::None),
+            "gzip" => Ok(Compression::Gzip),
+            "zstd" => Ok(Compression::Zstd),
+            other => Err(LayerError::UnknownCompression {
+                name: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// How to write a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerOptions {
+    /// The compression of the blob.
+    pub compression: Compression,
+    /// The compression level; `None` means [`Compression::default_level`].
+    pub level: Option<i32>,
+    /// Compression threads; 0 means all available cores. Never changes the output.
+    pub threads: usize,
+    /// Timestamps later than this (seconds since the epoch) are clamped to it.
+    pub source_date_epoch: u64,
+}
+
+impl Default for LayerOptions {
+    fn default() -> Self {
+        Self {
+            compression: Compression::Gzip,
+            level: None,
+            threads: 0,
+            source_date_epoch: 0,
+        }
+    }
+}
+
+impl LayerOptions {
+    /// The defaults, with `source_date_epoch` taken from the `SOURCE_DATE_EPOCH`
+    /// environment variable when it is set to a number.
+    pub fn from_env() -> Self {
+        let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        Self {
+            source_date_epoch,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn effective_threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// sha256 of the blob as written (compressed).
+    pub digest: Sha256Digest,
+    /// sha256 of the uncompressed tar stream (the OCI `diff_id`).
+    pub diff_id: Sha256Digest,
+    /// Size of the blob in bytes.
+    pub size: u64,
+    /// Size of the uncompressed tar stream in bytes.
+    pub uncompressed_size: u64,
+    /// The OCI media type of the blob.
+    pub media_type: &'static str,
+}
+
+/// One change of a change layer, as a path relative to the root.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// The path was added or modified: its current state on disk goes in the layer
+    /// (only the path itself, not what is under it if it is a directory; its parent
+    /// directories are added too).
+    Upsert(PathBuf),
+    /// The path was deleted: a whiteout `.wh.NAME` goes in the layer.
+    Delete(PathBuf),
+    /// The directory's earlier content is replaced: the directory and a
+    /// `.wh..wh..opq` entry in it go in the layer (list its new children as `Upsert`).
+    Opaque(PathBuf),
+}
+
+/// Errors of writing, compressing and applying layers.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum LayerError {
+    /// Reading a file or directory of the tree failed.
+    #[error("cannot read `{path}` for the layer: {source}")]
+    #[diagnostic(
+        code(cache::layer::read),
+        help("check the file exists and is readable by forge")
+    )]
+    Read {
+        /// The path on disk.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file changed size while it was being archived.
+    #[error("`{path}` changed while it was being archived (expected {expected} bytes)")]
+    #[diagnostic(
+        code(cache::layer::file_changed),
+        help("nothing may write to the tree while a layer is made from it")
+    )]
+    FileChanged {
+        /// The path on disk.
+        path: PathBuf,
+        /// The size seen when the header was written.
+        expected: u64,
+    },
+    /// A change list names a path that cannot be in a layer.
+    #[error("invalid change `{path}`: {reason}")]
+    #[diagnostic(
+        code(cache::layer::invalid_change),
+        help("changes are paths relative to the root, without `..`, that exist (or, for deletions, whose parent exists)")
+    )]
+    InvalidChange {
+        /// The path as given.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Writing the blob out failed.
+    #[error("cannot write the layer blob: {0}")]
+    #[diagnostic(
+        code(cache::layer::write),
+        help("check free space and permissions of the destination")
+    )]
+    Write(#[source] std::io::Error),
+    /// Reading the input stream (tarball) failed.
+    #[error("cannot read the layer stream: {0}")]
+    #[diagnostic(
+        code(cache::layer::input),
+        help("the stream may be truncated or not a (compressed) tar")
+    )]
+    Input(#[source] std::io::Error),
+    /// The compressor failed.
+    #[error("{algorithm} compression failed: {message}")]
+    #[diagnostic(
+        code(cache::layer::compress),
+        help("this is a bug in forge or the compression library; please report it")
+    )]
+    Compress {
+        /// gzip or zstd.
+        algorithm: &'static str,
+        /// What the library said.
+        message: String,
+    },
+    /// The compression level is out of range.
+    #[error("compression level {level} is not valid for {algorithm}")]
+    #[diagnostic(
+        code(cache::layer::level),
+        help("gzip levels are 0-9 (default 6); zstd levels are 1-22 (default 3)")
+    )]
+    InvalidLevel {
+        /// gzip or zstd.
+        algorithm: &'static str,
+        /// What was given.
+        level: i32,
+    },
+    /// `--compression` named something unknown.
+    #[error("unknown compression `{name}`")]
+    #[diagnostic(
+        code(cache::layer::unknown_compression),
+        help("use one of: gzip, zstd, none")
+    )]
+    UnknownCompression {
+        /// What was given.
+        name: String,
+    },
+    /// A decompressor program (`bzip2`, `xz`) is not installed.
+    #[error("cannot decompress {format}: `{program}` could not be run: {source}")]
+    #[diagnostic(
+        code(cache::layer::decompressor_missing),
+        help("install the `{program}` command (Debian package `{package}`), or recompress the tarball as gzip or zstd")
+    )]
+    DecompressorMissing {
+        /// bzip2 or xz.
+        format: &'static str,
+        /// The command run.
+        program: &'static str,
+        /// The Debian package holding it.
+        package: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A tar entry is refused by the safety rules of [`apply_layer`].
+    #[error("refusing layer entry `{entry}`: {reason}")]
+    #[diagnostic(
+        code(cache::layer::unsafe_entry),
+        help("the layer tries to write outside the root directory; it is corrupt or malicious")
+    )]
+    UnsafeEntry {
+        /// The entry name as in the tar.
+        entry: String,
+        /// Why.
+        reason: String,
+    },
+    /// A tar entry could not be applied.
+    #[error("cannot apply layer entry `{entry}`: {source}")]
+    #[diagnostic(
+        code(cache::layer::apply),
+        help("check free space and permissions under the root (device nodes and ownership need root)")
+    )]
+    Apply {
+        /// The entry name as in the tar.
+        entry: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A tar entry is malformed or of an unsupported kind.
+    #[error("invalid layer entry `{entry}`: {reason}")]
+    #[diagnostic(
+        code(cache::layer::invalid_entry),
+        help("the layer is corrupt or was made by a tool forge does not understand")
+    )]
+    InvalidEntry {
+        /// The entry name as in the tar.
+        entry: String,
+        /// Why.
+        reason: String,
+    },
+    /// A decompression-bomb limit was hit.
+    #[error("layer exceeds the {limit} limit at entry `{entry}` ({value} > {max})")]
+    #[diagnostic(
+        code(cache::layer::limit),
+        help("the layer is too large or compresses implausibly well (a decompression bomb?); raise ApplyLimits if it is legitimate")
+    )]
+    LimitExceeded {
+        /// Which limit: total bytes, entries or compression ratio.
+        limit: &'static str,
+        /// The entry being applied.
+        entry: String,
+        /// The value reached.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
+}
+
+/// Write the whole tree under `root` (not the root directory entry itself) as a
+/// layer blob to `out`: a base layer, or an import of a directory.
+pub fn write_dir_layer(
+    root: &Path,
+    opts: &LayerOptions,
+    out: &mut dyn Write,
+) -> Result<LayerInfo, LayerError> {
+    compress::run(opts, out, |tw| write::write_tree(root, opts, tw))
+}
+
+/// Write a list of changes under `root` as a layer blob to `out`: upserted paths as
+/// they are on disk now (with their parent directories), deletions as whiteouts,
+/// opaque directories with a `.wh..wh..opq` entry.
+pub fn write_changes_layer(
+    root: &Path,
+    changes: &[Change],
+    opts: &LayerOptions,
+    out: &mut dyn Write,
+) -> Result<LayerInfo, LayerError> {
+    let items = write::plan_changes(root, changes)?;
+    compress::run(opts, out, |tw| write::write_items(items, opts, tw))
+}
+
+/// Compress an existing uncompressed tar stream (`forge import` of a plain tarball),
+/// computing the blob digest and the diff_id in the same pass. The same tar bytes
+/// give the same blob as [`write_dir_layer`] would.
+pub fn compress_tar(
+    input: &mut dyn Read,
+    opts: &LayerOptions,
+    out: &mut dyn Write,
+) -> Result<LayerInfo, LayerError> {
+    compress::run(opts, out, |tw| tw.copy_all(input))
+}
