@@ -17,6 +17,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod archive;
 pub mod image;
 pub mod layer;
 pub mod reference;
@@ -143,6 +144,19 @@ pub enum CacheError {
         digest: Sha256Digest,
         /// A blob it references that is absent.
         missing: Sha256Digest,
+    },
+
+    /// An image archive (`forge load`) is malformed or unsafe.
+    #[error("invalid image archive: `{name}`: {reason}")]
+    #[diagnostic(
+        code(cache::invalid_archive),
+        help("load archives made by `forge save` or `docker save`")
+    )]
+    InvalidArchive {
+        /// The entry or document at fault.
+        name: String,
+        /// What is wrong.
+        reason: String,
     },
 
     /// Making or applying a layer failed.

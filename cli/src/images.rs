@@ -756,3 +756,132 @@ pub fn prune() -> Result<(), Failure> {
     );
     Ok(())
 }
+
+/// `forge save`.
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Images to save: names, ID prefixes or digests.
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// Write to this file instead of standard output.
+    #[arg(short, long)]
+    output: Option<std::path::PathBuf>,
+    /// Archive format: `docker` (docker load, skopeo docker-archive:) or `oci` (an OCI layout).
+    #[arg(long, value_enum, default_value_t = SaveFormat::Docker)]
+    format: SaveFormat,
+}
+
+/// `--format` of `forge save`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SaveFormat {
+    /// docker's archive format.
+    Docker,
+    /// An OCI image layout.
+    Oci,
+}
+
+/// `forge load`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Read from this file instead of standard input.
+    #[arg(short, long)]
+    input: Option<std::path::PathBuf>,
+    /// Print nothing.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// `forge save`.
+pub fn save(args: &SaveArgs) -> Result<(), Failure> {
+    use forge_cache::archive::{self, ArchiveFormat, SaveItem};
+    use std::io::IsTerminal;
+    let store = open_store()?;
+    let all = store.images()?;
+    let mut items: Vec<SaveItem> = Vec::new();
+    for query in &args.images {
+        let record = store.resolve(query)?;
+        // By name: that name; by ID or digest: every name of the image.
+        let by_name = Reference::parse(query).ok().filter(|q| {
+            record
+                .reference
+                .as_ref()
+                .is_some_and(|r| r.tagged_name() == q.tagged_name())
+        });
+        let names: Vec<Reference> = match by_name {
+            Some(r) => vec![r],
+            None => all
+                .iter()
+                .filter(|r| r.digest == record.digest)
+                .filter_map(|r| r.reference.clone())
+                .collect(),
+        };
+        match items.iter_mut().find(|i| i.record.digest == record.digest) {
+            Some(item) => item.names.extend(names),
+            None => items.push(SaveItem { record, names }),
+        }
+    }
+    let format = match args.format {
+        SaveFormat::Docker => ArchiveFormat::Docker,
+        SaveFormat::Oci => ArchiveFormat::Oci,
+    };
+    match &args.output {
+        Some(path) => {
+            // Write next to the target, then rename: a failed save leaves no partial file.
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or_else(|| std::path::Path::new("."));
+            let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Failure {
+                report: miette::miette!("cannot write in `{}`: {e}", dir.display()),
+                code: 2,
+            })?;
+            archive::save(&store, &items, format, temp.as_file_mut())?;
+            temp.as_file().sync_all().map_err(|e| Failure {
+                report: miette::miette!("cannot write `{}`: {e}", path.display()),
+                code: 2,
+            })?;
+            temp.persist(path).map_err(|e| Failure {
+                report: miette::miette!("cannot write `{}`: {}", path.display(), e.error),
+                code: 2,
+            })?;
+        }
+        None => {
+            let stdout = std::io::stdout();
+            if stdout.is_terminal() {
+                return Err(Failure {
+                    report: miette::miette!(
+                        help = "use -o FILE, or redirect the output",
+                        "refusing to write an image archive to a terminal"
+                    ),
+                    code: 1,
+                });
+            }
+            let mut lock = stdout.lock();
+            archive::save(&store, &items, format, &mut lock)?;
+        }
+    }
+    Ok(())
+}
+
+/// `forge load`.
+pub fn load(args: &LoadArgs) -> Result<(), Failure> {
+    let store = open_store()?;
+    let loaded = match &args.input {
+        Some(path) => {
+            let mut f = std::fs::File::open(path).map_err(|e| Failure {
+                report: miette::miette!("cannot open `{}`: {e}", path.display()),
+                code: 2,
+            })?;
+            forge_cache::archive::load(&store, &mut f)?
+        }
+        None => forge_cache::archive::load(&store, &mut std::io::stdin().lock())?,
+    };
+    if !args.quiet {
+        for image in &loaded {
+            for name in &image.names {
+                println!("Loaded image: {}", name.familiar());
+            }
+        }
+    }
+    Ok(())
+}

@@ -43,6 +43,10 @@ enum Command {
     History(images::HistoryArgs),
     /// Make an image from a root filesystem tarball.
     Import(images::ImportArgs),
+    /// Write images to a tar archive (docker or OCI format).
+    Save(images::SaveArgs),
+    /// Read images from a tar archive made by `forge save` or `docker save`.
+    Load(images::LoadArgs),
     /// Check the store; `--repair` removes what is broken.
     Fsck(images::FsckArgs),
     /// Remove blobs no image, build or container uses.
@@ -183,6 +187,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Inspect(args) => images::inspect(&args),
         Command::History(args) => images::history(&args),
         Command::Import(args) => images::import(&args),
+        Command::Save(args) => images::save(&args),
+        Command::Load(args) => images::load(&args),
         Command::Fsck(args) => images::fsck(&args),
         Command::Prune => images::prune(),
         Command::Build(args) => {

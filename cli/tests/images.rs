@@ -439,3 +439,151 @@ fn a_killed_import_never_leaves_an_inconsistent_store() {
         }
     }
 }
+
+#[test]
+fn save_writes_archives_that_skopeo_umoci_and_oci_image_tool_read_and_load_reads_back() {
+    let home = TempDir::new("save");
+    let work = TempDir::new("save-work");
+    let h = home.path();
+    let id = import(h, rootfs(), "busybox:saved");
+    ok(&forge(
+        h,
+        &["tag", "busybox:saved", "registry.example/team/bb:v1"],
+    ));
+    let docker_tar = work.path().join("docker.tar");
+    let oci_tar = work.path().join("oci.tar");
+    let d = docker_tar.to_str().expect("utf-8");
+    let o = oci_tar.to_str().expect("utf-8");
+    ok(&forge(h, &["save", "-o", d, "busybox:saved"]));
+    ok(&forge(
+        h,
+        &[
+            "save",
+            "--format",
+            "oci",
+            "-o",
+            o,
+            "busybox:saved",
+            "registry.example/team/bb:v1",
+        ],
+    ));
+
+    // Reproducible: saving again gives the same bytes.
+    let again = work.path().join("again.tar");
+    ok(&forge(
+        h,
+        &[
+            "save",
+            "-o",
+            again.to_str().expect("utf-8"),
+            "busybox:saved",
+        ],
+    ));
+    assert_eq!(
+        std::fs::read(&docker_tar).expect("read"),
+        std::fs::read(&again).expect("read")
+    );
+
+    // docker-archive, as `docker load` and skopeo read it.
+    let listing = tool("tar", &["-tf", d]);
+    assert!(
+        listing.lines().any(|l| l == "manifest.json")
+            && listing.lines().any(|l| l == "repositories"),
+        "{listing}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&tool(
+        "skopeo",
+        &["inspect", &format!("docker-archive:{d}")],
+    ))
+    .expect("json");
+    assert_eq!(v["Layers"].as_array().map(Vec::len), Some(1));
+    let cfg: serde_json::Value = serde_json::from_str(&tool(
+        "skopeo",
+        &["inspect", "--config", &format!("docker-archive:{d}")],
+    ))
+    .expect("json");
+    assert_eq!(cfg["rootfs"]["diff_ids"].as_array().map(Vec::len), Some(1));
+
+    // OCI layout: validated by oci-image-tool, unpacked by umoci under its tag.
+    let layout = work.path().join("layout");
+    std::fs::create_dir_all(&layout).expect("mkdir");
+    tool("tar", &["-xf", o, "-C", layout.to_str().expect("utf-8")]);
+    let validated = tool(
+        "oci-image-tool",
+        &[
+            "validate",
+            "--type",
+            "image",
+            layout.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(validated.contains("Validation succeeded"), "{validated}");
+    let bundle = work.path().join("bundle");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:v1", layout.display()),
+            bundle.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(bundle.join("rootfs/bin/busybox").is_file());
+
+    // Load both into fresh stores: the same image, under the same names.
+    for (archive, names) in [
+        (d, vec!["busybox:saved"]),
+        (o, vec!["busybox:saved", "registry.example/team/bb:v1"]),
+    ] {
+        let fresh = TempDir::new("load");
+        let out = ok(&forge(fresh.path(), &["load", "-i", archive]));
+        for n in &names {
+            assert!(out.contains(&format!("Loaded image: {n}")), "{out}");
+        }
+        let inspect: serde_json::Value =
+            serde_json::from_str(&ok(&forge(fresh.path(), &["inspect", names[0]]))).expect("json");
+        assert_eq!(inspect[0]["Id"], id.as_str());
+        let fsck = ok(&forge(fresh.path(), &["fsck"]));
+        assert!(fsck.contains("consistent"), "{fsck}");
+    }
+}
+
+#[test]
+fn load_refuses_entries_that_leave_the_archive() {
+    let home = TempDir::new("evil");
+    let work = TempDir::new("evil-work");
+    // A tar whose entry climbs out: written by hand (GNU tar would strip the `..`).
+    let mut header = [0u8; 512];
+    let name = b"../escape.json";
+    header[..name.len()].copy_from_slice(name);
+    header[100..107].copy_from_slice(b"0000644");
+    header[108..115].copy_from_slice(b"0000000");
+    header[116..123].copy_from_slice(b"0000000");
+    header[124..135].copy_from_slice(b"00000000002");
+    header[136..147].copy_from_slice(b"00000000000");
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    let mut bytes = header.to_vec();
+    bytes.extend_from_slice(b"{}");
+    bytes.resize(512 * 2, 0);
+    bytes.resize(512 * 4, 0);
+    let evil = work.path().join("evil.tar");
+    std::fs::write(&evil, bytes).expect("write");
+    let out = forge(home.path(), &["load", "-i", evil.to_str().expect("utf-8")]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("leaves the"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!work.path().join("escape.json").exists());
+}
