@@ -95,10 +95,11 @@ pub struct HistoryArgs {
     format: ListFormat,
 }
 
-/// `forge import FILE|- [REPO[:TAG]]`.
+/// `forge import FILE|URL|- [REPO[:TAG]]`.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// A root filesystem tarball (plain, gzip, bzip2, xz or zstd), or `-` for standard input.
+    /// A root filesystem tarball (plain, gzip, bzip2, xz or zstd): a file, an
+    /// http(s) URL, or `-` for standard input.
     source: String,
     /// Name the image.
     reference: Option<String>,
@@ -657,14 +658,15 @@ pub fn import(args: &ImportArgs) -> Result<(), Failure> {
     let (input, source_name): (Box<dyn Read + Send>, String) = if args.source == "-" {
         (Box::new(std::io::stdin()), "-".to_string())
     } else if args.source.contains("://") {
-        return Err(Failure {
-            report: miette::miette!(
-                help = "download it first (e.g. `curl -o rootfs.tar URL`), then `forge import rootfs.tar`",
-                "importing from a URL is not supported yet: `{}`",
-                args.source
-            ),
-            code: 1,
-        });
+        let download = forge_http::Client::new().get(&args.source).map_err(|e| {
+            let code = if e.is_input_error() { 1 } else { 2 };
+            Failure {
+                report: e.into(),
+                code,
+            }
+        })?;
+        let body: Box<dyn Read + Send> = download.body;
+        (body, args.source.clone())
     } else {
         let file = std::fs::File::open(&args.source).map_err(|e| Failure {
             report: miette::miette!(

@@ -587,3 +587,67 @@ fn load_refuses_entries_that_leave_the_archive() {
     );
     assert!(!work.path().join("escape.json").exists());
 }
+
+/// Serves one file over HTTP on loopback (`/rootfs.tar`; 404 elsewhere).
+fn serve_file(path: &Path, requests: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let body = std::fs::read(path).expect("file to serve");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            reader.read_line(&mut line).ok();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
+                    break;
+                }
+            }
+            let reply = if line.starts_with("GET /rootfs.tar ") {
+                let mut r = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                r.extend_from_slice(&body);
+                r
+            } else {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+            };
+            stream.write_all(&reply).ok();
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn import_from_a_url_gives_the_same_image_as_from_the_file() {
+    let home = TempDir::new("url");
+    let h = home.path();
+    let base = serve_file(rootfs(), 2);
+    let from_file = ok(&forge(
+        h,
+        &[
+            "import",
+            rootfs().to_str().expect("utf-8"),
+            "bb:file",
+            "-m",
+            "m",
+        ],
+    ));
+    let from_url = ok(&forge(
+        h,
+        &["import", &format!("{base}/rootfs.tar"), "bb:url", "-m", "m"],
+    ));
+    assert_eq!(from_file, from_url);
+    let missing = forge(h, &["import", &format!("{base}/nope.tar"), "bb:nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}
