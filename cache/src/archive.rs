@@ -28,6 +28,7 @@ use oci_spec::image::{Descriptor, Digest, MediaType};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
+use crate::image::{put_manifest, LayerRef};
 use crate::layer::{self, LayerOptions};
 use crate::reference::Reference;
 use crate::store::{ImageRecord, Store};
@@ -507,29 +508,13 @@ fn load_docker(store: &Store, root: &Path) -> Result<Vec<Loaded>, CacheError> {
                 });
             }
             let (digest, size) = writer.commit(Some(&info.digest))?;
-            layer_descs.push(
-                json!({"mediaType": info.media_type, "digest": digest.to_string(), "size": size}),
-            );
+            layer_descs.push(LayerRef {
+                media_type: info.media_type.to_string(),
+                digest,
+                size,
+            });
         }
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest.to_string(),
-                "size": config_size,
-            },
-            "layers": layer_descs,
-        });
-        let bytes =
-            serde_json::to_vec(&manifest).map_err(|e| bad_archive("manifest", e.to_string()))?;
-        let manifest_digest = store.put_blob(&bytes)?;
-        let descriptor = Descriptor::new(
-            MediaType::ImageManifest,
-            bytes.len() as u64,
-            Digest::from_str(&manifest_digest.to_string())
-                .map_err(|_| bad_archive("manifest", "bad digest"))?,
-        );
+        let descriptor = put_manifest(store, &config_digest, config_size, &layer_descs)?;
         let mut names = Vec::new();
         for tag in item["RepoTags"]
             .as_array()

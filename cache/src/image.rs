@@ -86,6 +86,55 @@ fn oci_digest(d: &Sha256Digest) -> Result<Digest, CacheError> {
     })
 }
 
+/// A layer blob as a manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerRef {
+    /// Its OCI media type.
+    pub media_type: String,
+    /// The blob's digest.
+    pub digest: Sha256Digest,
+    /// The blob's size.
+    pub size: u64,
+}
+
+/// Writes the OCI manifest of a config blob and its layers into the store and
+/// returns its descriptor. The JSON has sorted keys: equal inputs, equal digest.
+///
+/// # Errors
+/// A store failure.
+pub fn put_manifest(
+    store: &Store,
+    config_digest: &Sha256Digest,
+    config_size: u64,
+    layers: &[LayerRef],
+) -> Result<Descriptor, CacheError> {
+    let layers: Vec<Value> = layers
+        .iter()
+        .map(|l| json!({"mediaType": l.media_type, "digest": l.digest.to_string(), "size": l.size}))
+        .collect();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest.to_string(),
+            "size": config_size,
+        },
+        "layers": layers,
+    });
+    let bytes = serde_json::to_vec(&manifest).map_err(|e| CacheError::InvalidDocument {
+        what: "manifest",
+        name: format!("the manifest of {config_digest}"),
+        reason: e.to_string(),
+    })?;
+    let digest = store.put_blob(&bytes)?;
+    Ok(Descriptor::new(
+        MediaType::ImageManifest,
+        bytes.len() as u64,
+        oci_digest(&digest)?,
+    ))
+}
+
 /// Reads a root filesystem tarball (plain, gzip, bzip2, xz or zstd, detected by
 /// content), stores it as a layer, and makes a one-layer image of it; tags it
 /// when `opts.reference` is set.
@@ -120,32 +169,16 @@ pub fn import_tarball(
     })?;
     let config_digest = store.put_blob(&config_bytes)?;
 
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest.to_string(),
-            "size": config_bytes.len(),
-        },
-        "layers": [{
-            "mediaType": info.media_type,
-            "digest": layer_digest.to_string(),
-            "size": layer_size,
+    let descriptor = put_manifest(
+        store,
+        &config_digest,
+        config_bytes.len() as u64,
+        &[LayerRef {
+            media_type: info.media_type.to_string(),
+            digest: layer_digest,
+            size: layer_size,
         }],
-    });
-    let manifest_bytes =
-        serde_json::to_vec(&manifest).map_err(|e| CacheError::InvalidDocument {
-            what: "manifest",
-            name: "the imported image".to_string(),
-            reason: e.to_string(),
-        })?;
-    let manifest_digest = store.put_blob(&manifest_bytes)?;
-    let descriptor = Descriptor::new(
-        MediaType::ImageManifest,
-        manifest_bytes.len() as u64,
-        oci_digest(&manifest_digest)?,
-    );
+    )?;
     if let Some(reference) = &opts.reference {
         store.tag(&descriptor, reference, Some(SystemTime::now()))?;
     }

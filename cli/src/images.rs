@@ -384,17 +384,26 @@ fn rmi_one(store: &Store, query: &str, force: bool) -> Result<Vec<String>, Failu
     Ok(lines)
 }
 
-/// The docker-style inspect object of one image.
-fn inspect_value(store: &Store, record: &ImageRecord) -> Result<Value, Failure> {
+/// An image's manifest, its config digest (the image ID) and its config as JSON.
+fn read_config(
+    store: &Store,
+    record: &ImageRecord,
+) -> Result<(oci_spec::image::ImageManifest, Sha256Digest, Value), Failure> {
     let manifest = store.manifest(record)?;
     let config_digest: Sha256Digest = manifest.config().digest().to_string().parse()?;
-    let raw: Value = serde_json::from_slice(&store.read_blob(&config_digest)?).map_err(|e| {
+    let raw = serde_json::from_slice(&store.read_blob(&config_digest)?).map_err(|e| {
         CacheError::InvalidDocument {
             what: "image config",
             name: config_digest.to_string(),
             reason: e.to_string(),
         }
     })?;
+    Ok((manifest, config_digest, raw))
+}
+
+/// The docker-style inspect object of one image.
+fn inspect_value(store: &Store, record: &ImageRecord) -> Result<Value, Failure> {
+    let (_, config_digest, raw) = read_config(store, record)?;
     let images = store.images()?;
     let names: Vec<&ImageRecord> = images
         .iter()
@@ -465,15 +474,7 @@ fn truncate(text: &str, width: usize) -> String {
 pub fn history(args: &HistoryArgs) -> Result<(), Failure> {
     let store = open_store()?;
     let record = store.resolve(&args.image)?;
-    let manifest = store.manifest(&record)?;
-    let config_digest: Sha256Digest = manifest.config().digest().to_string().parse()?;
-    let raw: Value = serde_json::from_slice(&store.read_blob(&config_digest)?).map_err(|e| {
-        CacheError::InvalidDocument {
-            what: "image config",
-            name: config_digest.to_string(),
-            reason: e.to_string(),
-        }
-    })?;
+    let (manifest, config_digest, raw) = read_config(&store, &record)?;
     let history = raw["history"].as_array().cloned().unwrap_or_default();
     let mut layers = manifest.layers().iter();
     let mut rows: Vec<(String, String, String, String)> = Vec::new();

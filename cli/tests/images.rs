@@ -91,6 +91,29 @@ fn tool(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// oci-image-tool validates the OCI layout, then umoci unpacks `tag` into `bundle`.
+fn validate_and_unpack(layout: &Path, tag: &str, bundle: &Path) {
+    let validated = tool(
+        "oci-image-tool",
+        &[
+            "validate",
+            "--type",
+            "image",
+            layout.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(validated.contains("Validation succeeded"), "{validated}");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:{tag}", layout.display()),
+            bundle.to_str().expect("utf-8"),
+        ],
+    );
+}
+
 fn import(home: &Path, tar: &Path, name: &str) -> String {
     ok(&forge(
         home,
@@ -139,26 +162,8 @@ fn imported_images_are_read_by_skopeo_and_unpacked_and_run_by_umoci_and_runc() {
             &format!("oci:{}:bb", layout.display()),
         ],
     );
-    let validated = tool(
-        "oci-image-tool",
-        &[
-            "validate",
-            "--type",
-            "image",
-            layout.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(validated.contains("Validation succeeded"), "{validated}");
     let bundle = work.path().join("bundle");
-    tool(
-        "umoci",
-        &[
-            "unpack",
-            "--image",
-            &format!("{}:bb", layout.display()),
-            bundle.to_str().expect("utf-8"),
-        ],
-    );
+    validate_and_unpack(&layout, "bb", &bundle);
     // The unpacked tree is the tarball's tree.
     let listed = tool("tar", &["-tf", rootfs().to_str().expect("utf-8")]);
     for entry in listed.lines().filter(|l| *l != "./") {
@@ -508,26 +513,8 @@ fn save_writes_archives_that_skopeo_umoci_and_oci_image_tool_read_and_load_reads
     let layout = work.path().join("layout");
     std::fs::create_dir_all(&layout).expect("mkdir");
     tool("tar", &["-xf", o, "-C", layout.to_str().expect("utf-8")]);
-    let validated = tool(
-        "oci-image-tool",
-        &[
-            "validate",
-            "--type",
-            "image",
-            layout.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(validated.contains("Validation succeeded"), "{validated}");
     let bundle = work.path().join("bundle");
-    tool(
-        "umoci",
-        &[
-            "unpack",
-            "--image",
-            &format!("{}:v1", layout.display()),
-            bundle.to_str().expect("utf-8"),
-        ],
-    );
+    validate_and_unpack(&layout, "v1", &bundle);
     assert!(bundle.join("rootfs/bin/busybox").is_file());
 
     // Load both into fresh stores: the same image, under the same names.
