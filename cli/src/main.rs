@@ -153,6 +153,15 @@ fn usage(message: impl Into<String>, help: &str) -> Failure {
 }
 
 fn main() -> ExitCode {
+    // A RUN step re-executes this binary to enter its sandbox. That must happen
+    // before anything else, while the process is still single-threaded.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(
+            forge_executor::sandbox::SANDBOX_SUBCOMMAND,
+        ))
+    {
+        forge_executor::sandbox::sandbox_main();
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
