@@ -134,6 +134,18 @@ fn parse_digest(d: &Digest) -> Result<Sha256Digest, CacheError> {
     d.to_string().parse()
 }
 
+/// The `rootfs.diff_ids` of an image config.
+fn diff_ids(config: &Value) -> Vec<String> {
+    config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A writer that hashes what passes through it.
 struct HashingWriter<W> {
     inner: W,
@@ -234,14 +246,7 @@ fn save_docker(store: &Store, items: &[SaveItem], out: &mut dyn Write) -> Result
         let config_bytes = store.read_blob(&config_digest)?;
         let config: Value = serde_json::from_slice(&config_bytes)
             .map_err(|e| bad_archive(&config_digest.to_string(), e.to_string()))?;
-        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let diff_ids = diff_ids(&config);
         if diff_ids.len() != manifest.layers().len() {
             return Err(bad_archive(
                 &config_digest.to_string(),
@@ -473,14 +478,7 @@ fn load_docker(store: &Store, root: &Path) -> Result<Vec<Loaded>, CacheError> {
         );
         let (config_digest, config_size) = put_file(store, &config_path, None)?;
         let config = read_json(&config_path)?;
-        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let diff_ids = diff_ids(&config);
         let layers: Vec<&str> = item["Layers"]
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect())

@@ -108,6 +108,50 @@ fn parse_blake3(text: &str) -> Result<[u8; 32], GraphError> {
     Ok(out)
 }
 
+/// The methods and traits shared by the blake3 values ([`CacheKey`],
+/// [`SourceDigest`]): raw bytes, hex, `blake3:<hex>` display and parsing, and
+/// serialization as that string. Two types on purpose: a key is never a digest.
+macro_rules! blake3_value {
+    ($name:ident) => {
+        impl $name {
+            /// The value with these raw bytes.
+            pub fn from_bytes(bytes: [u8; 32]) -> Self {
+                Self(bytes)
+            }
+
+            /// The raw bytes.
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+
+            /// The 64 lowercase hex digits, without `blake3:`.
+            pub fn hex(&self) -> String {
+                hex(&self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "blake3:{}", self.hex())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = GraphError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                parse_blake3(s).map(Self)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+
 /// The cache key of a node's result: blake3 of its [`KeyRecipe`]'s encoding.
 ///
 /// Shown as `blake3:<64 hex digits>`. A distinct type from any sha256 digest (OCI
@@ -116,30 +160,9 @@ fn parse_blake3(text: &str) -> Result<[u8; 32], GraphError> {
 pub struct CacheKey([u8; 32]);
 
 impl CacheKey {
-    /// The key with these raw bytes.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-
-    /// The raw bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// The 64 lowercase hex digits, without `blake3:`.
-    pub fn hex(&self) -> String {
-        hex(&self.0)
-    }
-
     /// The first 12 hex digits.
     pub fn short(&self) -> String {
         self.hex()[..12].to_string()
-    }
-}
-
-impl fmt::Display for CacheKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "blake3:{}", self.hex())
     }
 }
 
@@ -149,19 +172,7 @@ impl fmt::Debug for CacheKey {
     }
 }
 
-impl FromStr for CacheKey {
-    type Err = GraphError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_blake3(s).map(Self)
-    }
-}
-
-impl Serialize for CacheKey {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+blake3_value!(CacheKey);
 
 /// The content digest of the files a step reads from outside the graph (the build
 /// context, a URL), or of an image used as a source: supplied by the executor.
@@ -172,48 +183,13 @@ impl Serialize for CacheKey {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SourceDigest([u8; 32]);
 
-impl SourceDigest {
-    /// The digest with these raw bytes.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-
-    /// The raw bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// The 64 lowercase hex digits.
-    pub fn hex(&self) -> String {
-        hex(&self.0)
-    }
-}
-
-impl fmt::Display for SourceDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "blake3:{}", self.hex())
-    }
-}
-
 impl fmt::Debug for SourceDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SourceDigest({self})")
     }
 }
 
-impl FromStr for SourceDigest {
-    type Err = GraphError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_blake3(s).map(Self)
-    }
-}
-
-impl Serialize for SourceDigest {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+blake3_value!(SourceDigest);
 
 /// Ownership and permissions of a source entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
