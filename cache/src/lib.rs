@@ -21,6 +21,8 @@ pub mod archive;
 pub mod image;
 pub mod layer;
 pub mod reference;
+pub mod snapshot;
+pub mod step_cache;
 pub mod store;
 
 /// Errors of the store.

@@ -2,6 +2,7 @@
 //! and turns their errors into reports with exit codes (1: your input, 2: the
 //! environment, 101: a bug in forge).
 
+mod build;
 mod human;
 mod images;
 
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use forge_frontend::forge_toml;
 use forge_frontend::lower::{self, LowerOptions};
-use forge_frontend::resolve::Unresolved;
+use forge_frontend::resolve::{BaseResolver, Unresolved};
 use forge_frontend::syntax::SourceFile;
 use forge_frontend::FrontendError;
 use forge_ir::Ir;
@@ -28,7 +29,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build images from a Dockerfile or a forge.toml.
-    Build(BuildArgs),
+    Build(build::BuildArgs),
     /// Print the build graph: steps, dependencies, cache keys, what can run in parallel.
     Graph(GraphArgs),
     /// List images in the store.
@@ -69,7 +70,7 @@ enum DebugCommand {
 
 /// Which build file, and how to lower it.
 #[derive(Debug, Args)]
-struct InputArgs {
+pub(crate) struct InputArgs {
     /// The build context directory (also where `Dockerfile` or `forge.toml` is looked for).
     #[arg(default_value = ".")]
     context: PathBuf,
@@ -89,19 +90,6 @@ struct InputArgs {
 }
 
 #[derive(Debug, Args)]
-struct BuildArgs {
-    #[command(flatten)]
-    input: InputArgs,
-    /// Print the plan (steps, waves, cache keys) without running anything or
-    /// touching the store or the network.
-    #[arg(long)]
-    dry_run: bool,
-    /// Output format of the plan.
-    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
-    format: PlanFormat,
-}
-
-#[derive(Debug, Args)]
 struct GraphArgs {
     #[command(flatten)]
     input: InputArgs,
@@ -111,7 +99,7 @@ struct GraphArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum PlanFormat {
+pub(crate) enum PlanFormat {
     /// Human-readable plan, one line per step, grouped in waves.
     Text,
     /// Graphviz.
@@ -121,9 +109,9 @@ enum PlanFormat {
 }
 
 /// An error with its exit code.
-struct Failure {
-    report: miette::Report,
-    code: u8,
+pub(crate) struct Failure {
+    pub(crate) report: miette::Report,
+    pub(crate) code: u8,
 }
 
 impl From<FrontendError> for Failure {
@@ -145,7 +133,7 @@ impl From<forge_graph::GraphError> for Failure {
     }
 }
 
-fn usage(message: impl Into<String>, help: &str) -> Failure {
+pub(crate) fn usage(message: impl Into<String>, help: &str) -> Failure {
     Failure {
         report: miette::miette!(help = help.to_string(), "{}", message.into()),
         code: 1,
@@ -204,17 +192,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if args.dry_run {
                 return plan(&args.input, args.format);
             }
-            // Lower and compile first, so input errors are reported as such.
-            let (ir, targets) = lower_input(&args.input)?;
-            let names: Vec<&str> = targets.iter().map(String::as_str).collect();
-            forge_graph::compile(&ir, &names)?;
-            Err(Failure {
-                report: miette::miette!(
-                    help = "run `forge build --dry-run` to see the plan; executing steps arrives with the executor",
-                    "this forge can plan builds but not yet run them"
-                ),
-                code: 2,
-            })
+            build::build(&args)
         }
     }
 }
@@ -254,6 +232,14 @@ fn read_source(path: &Path) -> Result<SourceFile, Failure> {
 /// Finds the build file, parses and lowers it (with no base-image facts: planning
 /// never touches the store). Returns the IR and the target names to build.
 fn lower_input(input: &InputArgs) -> Result<(Ir, Vec<String>), Failure> {
+    lower_input_with(input, &Unresolved)
+}
+
+/// [`lower_input`] with base images looked up through `resolver`.
+pub(crate) fn lower_input_with(
+    input: &InputArgs,
+    resolver: &dyn BaseResolver,
+) -> Result<(Ir, Vec<String>), Failure> {
     let build_args = parse_build_args(&input.build_args)?;
     let file = match &input.file {
         Some(f) => f.clone(),
@@ -268,7 +254,7 @@ fn lower_input(input: &InputArgs) -> Result<(Ir, Vec<String>), Failure> {
     };
     let opts = LowerOptions {
         build_args,
-        resolver: &Unresolved,
+        resolver,
         tags: input.tags.clone(),
     };
     if file.extension().is_some_and(|e| e == "toml") {
@@ -321,7 +307,7 @@ fn lower_input(input: &InputArgs) -> Result<(Ir, Vec<String>), Failure> {
     }
 }
 
-fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+pub(crate) fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>, Failure> {
     let mut out = BTreeMap::new();
     for arg in raw {
         match arg.split_once('=') {

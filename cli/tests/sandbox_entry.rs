@@ -39,8 +39,8 @@ fn the_forge_binary_enters_the_sandbox() {
         ],
         env: vec!["PATH=/bin".into()],
         cwd: "/".into(),
-        uid: 0,
-        gid: 0,
+        user: String::new(),
+        workdir_owner_is_user: false,
         network: Network::None,
         hostname: "forge".into(),
         etc_files: EtcFiles {

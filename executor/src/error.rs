@@ -54,4 +54,80 @@ pub enum ExecutorError {
         #[source]
         source: nix::Error,
     },
+    /// The store failed (reading a base image, writing a layer, the step cache).
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Store(Box<forge_cache::CacheError>),
+
+    /// An image in the store, or the build's plan, is not usable.
+    #[error("{0}")]
+    #[diagnostic(code(forge::executor::invalid_image))]
+    InvalidImage(String),
+
+    /// A step uses something forge cannot run yet.
+    #[error("`{step}`: {what} is not supported yet")]
+    #[diagnostic(
+        code(forge::executor::unsupported),
+        help("build this Dockerfile with BuildKit for now, or leave the step out")
+    )]
+    Unsupported {
+        /// The step as written.
+        step: String,
+        /// The feature.
+        what: String,
+    },
+
+    /// A step would give the image more layers than overlayfs can stack.
+    #[error("{step} would make the image's layer number {} but an image can have at most {max}", max + 1)]
+    #[diagnostic(
+        code(forge::executor::too_many_layers),
+        help("merge RUN steps (`RUN a && b`) or use a multi-stage build to flatten the image")
+    )]
+    TooManyLayers {
+        /// The step, `[n/N] RUN ...`.
+        step: String,
+        /// The limit.
+        max: usize,
+    },
+
+    /// A RUN exited with a non-zero code.
+    #[error(
+        "{step} failed\n  command: {command}\n  exit code: {code}{}",
+        render_tail(tail)
+    )]
+    #[diagnostic(
+        code(forge::executor::run_failed),
+        help("{}", last_good_help(last_good.as_deref()))
+    )]
+    RunFailed {
+        /// The step, `[n/N] RUN ...`.
+        step: String,
+        /// The command as run.
+        command: String,
+        /// Its exit code (`128 + n` when killed by signal `n`).
+        code: i32,
+        /// The last lines of its output.
+        tail: Vec<String>,
+        /// The image ID of the last step that succeeded.
+        last_good: Option<String>,
+    },
+}
+
+fn render_tail(tail: &[String]) -> String {
+    if tail.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n  last output:");
+    for line in tail {
+        out.push_str("\n    | ");
+        out.push_str(line);
+    }
+    out
+}
+
+fn last_good_help(last_good: Option<&str>) -> String {
+    match last_good {
+        Some(id) => format!("every step before it is cached; the last good step's image ID:\n{id}"),
+        None => "every step before it is cached".to_string(),
+    }
 }

@@ -13,23 +13,35 @@
 //! `unshare(CLONE_NEWUSER)` fails in a multithreaded process and forking a
 //! threaded process is unsafe, so a RUN never forks forge's (threaded) build
 //! process. [`sandbox::run`] spawns `/proc/self/exe` with the hidden subcommand
-//! [`sandbox::SANDBOX_SUBCOMMAND`] and writes the [`sandbox::RunSpec`] as JSON to
-//! its stdin, one end of a Unix socket pair. The sandbox keeps a close-on-exec
-//! copy of that socket and writes back any setup error, which `run` returns as
-//! [`ExecutorError::SandboxSetup`]; a clean exec closes it, so an empty report
-//! means the exit status is the command's. The binary's `main` must call [`sandbox::sandbox_main`] first thing
-//! when it sees that subcommand, before any thread starts. There:
+//! [`sandbox::SANDBOX_SUBCOMMAND`] and writes the [`sandbox::RunSpec`] (with
+//! forge's pid and the [`sandbox::Privilege`]) as length-prefixed JSON to its
+//! stdin, one end of a Unix socket pair. The sandbox keeps a close-on-exec copy
+//! of that socket: the rootless handshake runs over it, and any setup error is
+//! written back on it, which `run` returns as [`ExecutorError::SandboxSetup`];
+//! a clean exec closes it, so an empty report means the exit status is the
+//! command's. The binary's `main` must call [`sandbox::sandbox_main`] first
+//! thing when it sees that subcommand, before any thread starts. There:
 //!
-//! 1. `PR_SET_PDEATHSIG(SIGKILL)`; read the spec to EOF; stdin becomes
+//! 1. `PR_SET_PDEATHSIG(SIGKILL)`; read the spec; exit if `getppid()` is no
+//!    longer forge (it died before the death signal was armed); stdin becomes
 //!    `/dev/null`.
-//! 2. `unshare(NEWNS | NEWPID | NEWUTS | NEWIPC [| NEWNET for --network=none])`.
+//! 2. `unshare(NEWNS | NEWPID | NEWUTS | NEWIPC [| NEWNET for --network=none]
+//!    [| NEWUSER when rootless])`. Rootless (forge's euid is not 0): the
+//!    sandbox sends one NUL byte; `run` writes `/proc/PID/uid_map` `0 EUID 1`,
+//!    `setgroups` `deny`, `gid_map` `0 EGID 1` and answers with a NUL byte.
 //! 3. `fork`: the intermediate process waits and exits with the child's code
 //!    (`128 + n` for signal `n`); the child is PID 1 of the new PID namespace and
 //!    sets `PR_SET_PDEATHSIG(SIGKILL)` too.
 //! 4. Mount sequence ([`sandbox::setup_rootfs`], behind the [`sandbox::Syscall`]
 //!    trait so it is unit-tested with a recording double): `/` made `rprivate`;
-//!    overlayfs (`lowerdir`=snapshots topmost first, `upperdir`, `workdir`,
-//!    `redirect_dir=off,metacopy=off`) on `merged_dir`; fresh `/proc`; `/dev` as
+//!    `chdir` to the lower dirs' deepest common parent, then overlayfs with
+//!    `lowerdir` names relative to it (docker's overlay2 trick: with the build
+//!    driver's short `snapshots/l/<16 hex>` links, 127 layers take ~2.2 KiB of
+//!    the kernel's 4095-byte limit on mount data; beyond it `run` fails with
+//!    [`ExecutorError::InvalidSpec`] naming the layer count and length),
+//!    topmost first, `upperdir`, `workdir`, `redirect_dir=off,metacopy=off`
+//!    (rootless: `redirect_dir=nofollow,metacopy=off,userxattr`, as the kernel
+//!    refuses `off` with `userxattr`), on `merged_dir`; fresh `/proc`; `/dev` as
 //!    a tmpfs with host `null zero full random urandom tty` bind-mounted, devpts
 //!    (`newinstance,ptmxmode=0666`) with `/dev/ptmx → pts/ptmx`, `/dev/shm`
 //!    tmpfs, `fd/stdin/stdout/stderr` links; `/etc/{hosts,resolv.conf,hostname}`
@@ -38,11 +50,32 @@
 //!    `/proc/keys`, `/proc/timer_list`, … get `/dev/null` or an empty read-only
 //!    tmpfs) and read-only paths (`/proc/sys`, `/proc/sysrq-trigger`, `/proc/bus`,
 //!    `/proc/fs`, `/proc/irq`).
-//! 5. `sethostname`; `lo` up under `--network=none`; create the working directory; drop capabilities outside
-//!    Docker's default set from the bounding set; `setgroups([])`, `setgid`,
-//!    `setuid`; `chdir` and a `getcwd` check (runc CVE-2024-21626); `PATH`
-//!    lookup inside the new root (not found → 127, like a shell); close every fd
-//!    above 2; `execve` with exactly the spec's environment.
+//! 5. `sethostname`; `lo` up under `--network=none`; umask `022` (Docker's).
+//! 6. **USER**: [`sandbox::RunSpec::user`] (Docker's syntax: `""`, `name`,
+//!    `uid`, `name:group`, `uid:gid`, `name:gid`, `uid:group`) is resolved by
+//!    [`sandbox::user::resolve_user`] against the container's `/etc/passwd` and
+//!    `/etc/group`, read *after* `pivot_root` (an absolute symlink resolves
+//!    inside the rootfs; at most 16 MiB; regular files only), with runc's
+//!    rules: a name not in passwd is the setup error `unable to find user
+//!    NAME: no matching entries in passwd file` (likewise groups); a numeric
+//!    uid not in passwd is fine (gid 0, home `/`); supplementary groups are
+//!    the `/etc/group` entries listing the user's name, used only when no group
+//!    is given; `HOME` is set to the passwd home (or `/`) when the environment
+//!    has none. Rootless builds can only run as 0:0 (the only mapped ids).
+//! 7. **WORKDIR**: the missing directories of `cwd` are created, mode 0755,
+//!    owned by the user's uid:gid when [`sandbox::RunSpec::workdir_owner_is_user`]
+//!    is set (BuildKit's `llb.Mkdir(wd, 0755, WithParents, WithUser)`), by root
+//!    otherwise; existing ones are left alone. An **empty argv** stops here
+//!    with exit 0 (a WORKDIR step: the upper dir then holds the created
+//!    directories and their copied-up parents).
+//! 8. **Capabilities** as Docker's default set (`0xa80425fb`): the others are
+//!    dropped from the bounding set, the ambient set is cleared, the
+//!    inheritable set emptied, permitted and effective set to the default set;
+//!    `setgroups(supplementary)` (not rootless: it is denied there), `setgid`,
+//!    `setuid` (a non-root uid loses permitted and effective); `chdir` and a
+//!    `getcwd` check (runc CVE-2024-21626); `PATH` lookup inside the new root
+//!    (not found → 127, like a shell); close every fd above 2; `execve` with
+//!    exactly the spec's environment (plus `HOME`, see 6).
 //!
 //! All mounts live in the sandbox's private mount namespace, so they vanish when
 //! its last process exits, even if forge is killed. After the sandbox exits,
@@ -51,29 +84,39 @@
 //! absent from the lowers, or unchanged non-opaque copy-ups), so a no-op RUN
 //! leaves an empty upper dir.
 //!
+//! **Ctrl-C:** `run` registers each sandbox process in a process-global set
+//! until it has terminated (it waits with `WNOWAIT` and unregisters before
+//! reaping, so a pid in the set is never a recycled one).
+//! [`sandbox::kill_all`] sends `SIGKILL` to all of them; each PID 1 dies by its
+//! parent-death signal, taking its PID namespace (and so its mounts) with it,
+//! and each `run` returns the signal status (exit code 137). The CLI's signal
+//! handler calls it, then exits 130.
+//!
 //! # Unsafe code
 //!
 //! The workspace denies `unsafe_code`. The only exceptions are `fork(2)`,
-//! `prctl(PR_CAPBSET_DROP)` and two `ioctl`s bringing `lo` up, in one small
-//! private module (`sandbox::unsafe_ops`) with `#![allow(unsafe_code)]` and a
-//! `SAFETY:` comment per block. The fork is sound because `sandbox_main` runs
-//! before any thread is started.
+//! `prctl(PR_CAPBSET_DROP)`, `prctl(PR_CAP_AMBIENT_CLEAR_ALL)`, `capset(2)`
+//! and two `ioctl`s bringing `lo` up, in one small private module
+//! (`sandbox::unsafe_ops`) with `#![allow(unsafe_code)]` and a `SAFETY:`
+//! comment per block. The fork is sound because `sandbox_main` runs before any
+//! thread is started.
 //!
 //! # Not done yet
 //!
-//! - Capabilities: only the bounding set is cut to Docker's default set (which,
-//!   with empty inheritable/ambient sets, is what root keeps across `execve`);
-//!   inheritable and ambient sets are not cleared explicitly (they are empty
-//!   unless forge itself was started with some). No `no_new_privs`, no seccomp.
-//! - No user namespace (rootless builds: the parent would write the uid/gid maps,
-//!   overlay would need `userxattr`); the sandbox currently requires root.
+//! - No `no_new_privs`, no seccomp profile, no AppArmor/SELinux.
+//! - Rootless builds map only forge's own uid and gid (to 0): `USER` other than
+//!   root, and files owned by other ids in the lowers (they show as
+//!   `nobody`), need a full `/etc/subuid` range through `newuidmap`, which is
+//!   not done. Supplementary groups are not set rootless (as runc).
 //! - No `/sys` mount (so `/sys/firmware` masking is moot), no cgroup namespace,
 //!   no rlimits.
 //! - Bind mounts over a lower `/etc/resolv.conf` that is a symlink follow it
 //!   (Docker has the same quirk); `/etc/hosts` etc. are bound read-write.
-//! - No layer making yet: the upper dir is left as overlayfs wrote it
-//!   (whiteouts are `c 0,0` devices, opaque dirs carry `trusted.overlay.opaque`).
+//! - The upper dir is left as overlayfs wrote it (whiteouts are `c 0,0`
+//!   devices; opaque dirs carry `trusted.overlay.opaque`, or
+//!   `user.overlay.opaque` rootless): layer making reads it from there.
 
+pub mod build;
 pub mod error;
 pub mod sandbox;
 

@@ -13,8 +13,11 @@ use std::rc::Rc;
 use nix::sys::stat::{Mode, SFlag};
 use nix::sys::time::TimeSpec;
 
+use sha2::{Digest as _, Sha256};
+
 use super::detect::{in_process, peek, DetectedCompression};
 use super::LayerError;
+use crate::Sha256Digest;
 
 /// Bounds against decompression bombs and absurd layers. 0 disables a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +55,73 @@ pub struct ApplyStats {
     pub compressed_bytes: u64,
     /// Bytes of uncompressed tar stream.
     pub uncompressed_bytes: u64,
+    /// sha256 of the whole uncompressed stream (the layer's `diff_id`), when
+    /// [`ExtractOptions::hash`] asked for it.
+    pub diff_id: Option<Sha256Digest>,
+}
+
+/// Where overlayfs keeps its own extended attributes, such as the opaque-directory
+/// marker `<namespace>.overlay.opaque`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OverlayXattrs {
+    /// `trusted.overlay.*`: what overlayfs reads by default. Setting them needs
+    /// `CAP_SYS_ADMIN` in the initial user namespace.
+    #[default]
+    Trusted,
+    /// `user.overlay.*`: what overlayfs reads when mounted with `userxattr` (the
+    /// only choice inside a user namespace, for rootless builds).
+    User,
+}
+
+impl OverlayXattrs {
+    /// The name of the opaque-directory xattr (its value is `y`).
+    pub fn opaque(self) -> &'static str {
+        match self {
+            OverlayXattrs::Trusted => "trusted.overlay.opaque",
+            OverlayXattrs::User => "user.overlay.opaque",
+        }
+    }
+}
+
+/// What to do with a layer's OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WhiteoutMode {
+    /// Apply them, as [`apply_layer`] does: delete `NAME`, or the earlier content
+    /// of the opaque directory, from what is already under the root.
+    #[default]
+    Apply,
+    /// Keep them in overlayfs's lower-dir form, for a layer extracted on its own
+    /// into an empty directory: `.wh.NAME` becomes a character device `0:0` named
+    /// `NAME`, and `.wh..wh..opq` sets the opaque xattr (`y`) of its directory, in
+    /// this namespace. See the module documentation.
+    Overlay(OverlayXattrs),
+}
+
+/// How [`extract_layer`] works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExtractOptions {
+    /// Decompression-bomb bounds.
+    pub limits: ApplyLimits,
+    /// What whiteouts become.
+    pub whiteouts: WhiteoutMode,
+    /// Compute the sha256 of the uncompressed stream ([`ApplyStats::diff_id`]).
+    pub hash: bool,
+}
+
+/// Feeds what is read through sha256 (when asked).
+struct HashIn<R> {
+    inner: R,
+    hasher: Option<Sha256>,
+}
+
+impl<R: Read> Read for HashIn<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
+        Ok(n)
+    }
 }
 
 /// The ratio check starts after this much output, so tiny layers of empty files
@@ -124,6 +194,26 @@ pub fn apply_layer(
     root: &Path,
     limits: &ApplyLimits,
 ) -> Result<ApplyStats, LayerError> {
+    extract_layer(
+        input,
+        root,
+        &ExtractOptions {
+            limits: *limits,
+            ..ExtractOptions::default()
+        },
+    )
+}
+
+/// [`apply_layer`] with options: whiteouts applied or kept in overlayfs form
+/// ([`WhiteoutMode::Overlay`], for a layer extracted on its own into an empty
+/// directory that becomes an overlay lower dir), and optionally the `diff_id`
+/// computed on the way. The same safety rules and limits apply in every mode.
+pub fn extract_layer(
+    input: &mut dyn Read,
+    root: &Path,
+    opts: &ExtractOptions,
+) -> Result<ApplyStats, LayerError> {
+    let limits = &opts.limits;
     let meter = Rc::new(Meter::default());
     let counted = CountIn {
         inner: input,
@@ -146,16 +236,23 @@ pub fn apply_layer(
             })
         }
     };
-    let counted = CountOut {
+    let hashed = HashIn {
         inner: reader,
+        hasher: opts.hash.then(Sha256::new),
+    };
+    let counted = CountOut {
+        inner: hashed,
         meter: Rc::clone(&meter),
         limits: *limits,
     };
     let mut applier = Applier {
         root: root.to_path_buf(),
         limits: *limits,
+        whiteouts: opts.whiteouts,
         meter: Rc::clone(&meter),
         written: HashSet::new(),
+        holds_written: HashSet::new(),
+        whited: HashSet::new(),
         dir_times: Vec::new(),
         stats: ApplyStats::default(),
         is_root: nix::unistd::geteuid().is_root(),
@@ -166,8 +263,9 @@ pub fn apply_layer(
     let result = result.and_then(|()| applier.finish());
     // Read to the end (the tar reader stops at the first end block), so the whole
     // input is consumed — a caller hashing it sees every byte — and counted.
+    let mut rest = archive.into_inner();
     let result = result.and_then(|()| {
-        io::copy(&mut archive.into_inner(), &mut io::sink())
+        io::copy(&mut rest, &mut io::sink())
             .map(drop)
             .map_err(LayerError::Input)
     });
@@ -177,6 +275,11 @@ pub fn apply_layer(
             let mut stats = applier.stats;
             stats.compressed_bytes = meter.compressed.get();
             stats.uncompressed_bytes = meter.uncompressed.get();
+            stats.diff_id = rest
+                .inner
+                .hasher
+                .take()
+                .map(|h| Sha256Digest::from_bytes(h.finalize().into()));
             Ok(stats)
         }
     }
@@ -185,9 +288,16 @@ pub fn apply_layer(
 struct Applier {
     root: PathBuf,
     limits: ApplyLimits,
+    whiteouts: WhiteoutMode,
     meter: Rc<Meter>,
     /// Real paths this layer created or updated: whiteouts must not remove them.
     written: HashSet<PathBuf>,
+    /// The directories above the paths in `written`: deleting one (whiteout,
+    /// opaque parent) must keep what this layer wrote inside it.
+    holds_written: HashSet<PathBuf>,
+    /// Overlay mode: the whiteout devices this layer made (and that are still
+    /// there), so an entry replacing one becomes an opaque directory.
+    whited: HashSet<PathBuf>,
     /// Directory mtimes, set at the end (adding children changes them).
     dir_times: Vec<(PathBuf, i64)>,
     stats: ApplyStats,
@@ -300,7 +410,11 @@ impl Applier {
     /// Resolve the directory made of `comps` inside the root, component by
     /// component, following symlinks only while they stay inside the root.
     /// Missing directories are created if `create`, else `Ok(None)`.
-    fn resolve_dir(&self, comps: &[&[u8]], create: bool) -> Result<Option<PathBuf>, LayerError> {
+    fn resolve_dir(
+        &mut self,
+        comps: &[&[u8]],
+        create: bool,
+    ) -> Result<Option<PathBuf>, LayerError> {
         let mut real: Vec<OsString> = Vec::new();
         let mut queue: std::collections::VecDeque<Vec<u8>> =
             comps.iter().map(|c| c.to_vec()).collect();
@@ -322,7 +436,24 @@ impl Applier {
             let mut path = self.root.clone();
             path.extend(real.iter());
             path.push(OsStr::from_bytes(&c));
-            match lstat(&path).map_err(self.io_err())? {
+            let found = lstat(&path).map_err(self.io_err())?;
+            if create && found.is_some() && self.whited.contains(&path) {
+                // Overlay mode: a directory this layer deleted from the lower
+                // layers and fills again: an opaque directory replaces the
+                // whiteout.
+                if let Some(meta) = &found {
+                    remove_any(&path, meta).map_err(self.io_err())?;
+                }
+                self.whited.remove(&path);
+                fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(&path)
+                    .map_err(self.io_err())?;
+                self.set_opaque(&path)?;
+                real.push(OsString::from_vec(c));
+                continue;
+            }
+            match found {
                 Some(m) if m.is_dir() => real.push(OsString::from_vec(c)),
                 Some(m) if m.file_type().is_symlink() => {
                     hops += 1;
@@ -398,6 +529,17 @@ impl Applier {
         // Whiteouts.
         if let Some(target) = last.strip_prefix(b".wh.") {
             self.stats.whiteouts += 1;
+            if target == b"." || target == b".." {
+                // `dir.join("..")` would be the parent: outside the root at the
+                // top level.
+                return Err(unsafe_entry(
+                    &self.current,
+                    format!("a whiteout of `{}`", String::from_utf8_lossy(target)),
+                ));
+            }
+            if let WhiteoutMode::Overlay(_) = self.whiteouts {
+                return self.overlay_whiteout(parents, target);
+            }
             let Some(dir) = self.resolve_dir(parents, false)? else {
                 return Ok(());
             };
@@ -407,10 +549,17 @@ impl Applier {
                 // Other AUFS metadata (`.wh..wh.plnk` …): nothing to do.
             } else if !target.is_empty() {
                 let victim = dir.join(OsStr::from_bytes(target));
-                if !self.written.contains(&victim) {
-                    if let Some(meta) = lstat(&victim).map_err(self.io_err())? {
-                        remove_any(&victim, &meta).map_err(self.io_err())?;
+                if self.written.contains(&victim) || self.holds_written.contains(&victim) {
+                    // Deleted from the lower layers, made again by this layer:
+                    // only the lower content of a directory goes.
+                    if lstat(&victim)
+                        .map_err(self.io_err())?
+                        .is_some_and(|m| m.is_dir())
+                    {
+                        self.clear_lower(&victim)?;
                     }
+                } else if let Some(meta) = lstat(&victim).map_err(self.io_err())? {
+                    remove_any(&victim, &meta).map_err(self.io_err())?;
                 }
             }
             return Ok(());
@@ -433,7 +582,14 @@ impl Applier {
                 let ext = ext.map_err(|e| self.input_err(e))?;
                 let key = ext.key_bytes();
                 if let Some(xname) = key.strip_prefix(b"SCHILY.xattr.") {
-                    xattrs.push((xname.to_vec(), ext.value_bytes().to_vec()));
+                    // overlayfs's own xattrs would change what an overlay mount
+                    // of the tree shows (opaque, redirect, metacopy...): never
+                    // restored, in any mode.
+                    if !(xname.starts_with(b"trusted.overlay.")
+                        || xname.starts_with(b"user.overlay."))
+                    {
+                        xattrs.push((xname.to_vec(), ext.value_bytes().to_vec()));
+                    }
                 } else if key == b"mtime" {
                     let v = String::from_utf8_lossy(ext.value_bytes());
                     let secs = v.split('.').next().unwrap_or("0");
@@ -449,6 +605,8 @@ impl Applier {
                 remove_any(&dest, meta).map_err(self.io_err())?;
             }
         }
+        // Overlay mode: replacing a whiteout this layer made.
+        let was_whited = self.whited.remove(&dest);
         match kind {
             T::Directory => {
                 if !existing.as_ref().is_some_and(|m| m.is_dir()) {
@@ -483,7 +641,7 @@ impl Applier {
                 let source = self.resolve_link_target(&target)?;
                 fs::hard_link(&source, &dest).map_err(self.io_err())?;
                 // A hardlink shares the inode: its metadata came with the target.
-                self.written.insert(dest);
+                self.mark_written(dest);
                 return Ok(());
             }
             T::Char | T::Block | T::Fifo => {
@@ -516,12 +674,17 @@ impl Applier {
             }
         }
         self.set_metadata(&dest, kind == T::Symlink, uid, gid, mode, &xattrs)?;
+        if was_whited && is_dir {
+            // Overlay mode: this layer deleted `dest` from the lower layers and
+            // makes a directory there: its lower content must stay hidden.
+            self.set_opaque(&dest)?;
+        }
         if is_dir {
             self.dir_times.push((dest.clone(), mtime));
         } else {
             self.set_mtime(&dest, mtime)?;
         }
-        self.written.insert(dest);
+        self.mark_written(dest);
         Ok(())
     }
 
@@ -576,7 +739,7 @@ impl Applier {
     }
 
     /// A hardlink target: inside the root, existing, not a directory.
-    fn resolve_link_target(&self, target: &[u8]) -> Result<PathBuf, LayerError> {
+    fn resolve_link_target(&mut self, target: &[u8]) -> Result<PathBuf, LayerError> {
         let shown = String::from_utf8_lossy(target);
         let comps = components(target, &self.current).map_err(|_| {
             unsafe_entry(
@@ -594,7 +757,11 @@ impl Applier {
                 reason: format!("hardlink target `{shown}` does not exist"),
             })?;
         let source = dir.join(OsStr::from_bytes(last));
-        match lstat(&source).map_err(self.io_err())? {
+        let found = lstat(&source)
+            .map_err(self.io_err())?
+            // Overlay mode: a whiteout stands for a deleted file.
+            .filter(|_| !self.whited.contains(&source));
+        match found {
             Some(m) if !m.is_dir() => Ok(source),
             Some(_) => Err(LayerError::InvalidEntry {
                 entry: self.current.clone(),
@@ -655,13 +822,82 @@ impl Applier {
         .map_err(|e| self.io_err()(io::Error::from(e)))
     }
 
+    /// Records a path this layer created or updated, and the directories above it.
+    fn mark_written(&mut self, path: PathBuf) {
+        for dir in path.ancestors().skip(1) {
+            if dir == self.root || !self.holds_written.insert(dir.to_path_buf()) {
+                break;
+            }
+        }
+        self.written.insert(path);
+    }
+
+    /// Overlay mode: a whiteout `.wh.<target>` (or the opaque marker, `target`
+    /// being `.wh..opq`) in the directory `parents`.
+    fn overlay_whiteout(&mut self, parents: &[&[u8]], target: &[u8]) -> Result<(), LayerError> {
+        if target.is_empty() || (target.starts_with(b".wh.") && target != b".wh..opq") {
+            // `.wh.` alone, or other AUFS metadata (`.wh..wh.plnk` …).
+            return Ok(());
+        }
+        // The directory must exist in this layer's tree for the marker to hide
+        // anything, so it is created if the tar did not list it.
+        let dir = match self.resolve_dir(parents, true) {
+            Ok(Some(dir)) => dir,
+            Ok(None) => return Ok(()),
+            // Under a non-directory of this layer, which hides all below it.
+            Err(LayerError::InvalidEntry { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if target == b".wh..opq" {
+            return self.set_opaque(&dir);
+        }
+        let victim = dir.join(OsStr::from_bytes(target));
+        if self.whited.contains(&victim) {
+            return Ok(());
+        }
+        if self.written.contains(&victim) || self.holds_written.contains(&victim) {
+            // Written by this layer (earlier in the tar), which the whiteout
+            // does not delete; it still deletes the lower `target`: a file hides
+            // it anyway, a directory must be opaque not to merge with it.
+            if lstat(&victim)
+                .map_err(self.io_err())?
+                .is_some_and(|m| m.is_dir())
+            {
+                self.set_opaque(&victim)?;
+            }
+            return Ok(());
+        }
+        if let Some(meta) = lstat(&victim).map_err(self.io_err())? {
+            remove_any(&victim, &meta).map_err(self.io_err())?;
+        }
+        nix::sys::stat::mknod(
+            &victim,
+            SFlag::S_IFCHR,
+            Mode::empty(),
+            nix::sys::stat::makedev(0, 0),
+        )
+        .map_err(|e| self.io_err()(io::Error::from(e)))?;
+        self.whited.insert(victim);
+        Ok(())
+    }
+
+    /// Overlay mode: mark a directory opaque (its lower layers' content hidden).
+    fn set_opaque(&self, dir: &Path) -> Result<(), LayerError> {
+        let WhiteoutMode::Overlay(ns) = self.whiteouts else {
+            return Ok(());
+        };
+        // Unlike xattrs from the tar, never skipped: without it the overlay
+        // would show deleted files.
+        xattr::set(dir, ns.opaque(), b"y").map_err(self.io_err())
+    }
+
     /// Opaque directory: remove everything under `dir` not written by this layer.
     fn clear_lower(&self, dir: &Path) -> Result<(), LayerError> {
         for child in fs::read_dir(dir).map_err(self.io_err())? {
             let child = child.map_err(self.io_err())?;
             let path = child.path();
             let meta = fs::symlink_metadata(&path).map_err(self.io_err())?;
-            if self.written.contains(&path) {
+            if self.written.contains(&path) || self.holds_written.contains(&path) {
                 if meta.is_dir() {
                     self.clear_lower(&path)?;
                 }

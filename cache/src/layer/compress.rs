@@ -37,6 +37,7 @@ pub(crate) struct TarSink<'b> {
     filled: usize,
     diff: Sha256,
     total: u64,
+    entries: u64,
     backend: &'b mut dyn Backend,
 }
 
@@ -47,6 +48,7 @@ impl<'b> TarSink<'b> {
             filled: 0,
             diff: Sha256::new(),
             total: 0,
+            entries: 0,
             backend,
         }
     }
@@ -66,6 +68,11 @@ impl<'b> TarSink<'b> {
             self.chunk_full()?;
         }
         Ok(())
+    }
+
+    /// Counts one tar entry (called once per header written).
+    pub(crate) fn count_entry(&mut self) {
+        self.entries += 1;
     }
 
     /// Append bytes.
@@ -135,12 +142,12 @@ impl<'b> TarSink<'b> {
         }
     }
 
-    fn finish(mut self) -> Result<([u8; 32], u64), LayerError> {
+    fn finish(mut self) -> Result<([u8; 32], u64, u64), LayerError> {
         let mut last = std::mem::take(&mut self.buf);
         last.truncate(self.filled);
         self.diff.update(&last);
         self.backend.push(last, true)?;
-        Ok((self.diff.finalize().into(), self.total))
+        Ok((self.diff.finalize().into(), self.total, self.entries))
     }
 }
 
@@ -200,7 +207,7 @@ where
     let level = opts.level.unwrap_or(opts.compression.default_level());
     let threads = opts.effective_threads();
     let media_type = opts.compression.media_type();
-    let (size, digest, diff_id, uncompressed_size) =
+    let (size, digest, diff_id, uncompressed_size, entries) =
         match opts.compression {
             Compression::None => {
                 let mut backend = PlainBackend {
@@ -278,22 +285,23 @@ where
         diff_id: Sha256Digest::from_bytes(diff_id),
         size,
         uncompressed_size,
+        entries,
         media_type,
     })
 }
 
-fn drive<F>(
-    backend: &mut dyn Backend,
-    produce: F,
-) -> Result<(u64, [u8; 32], [u8; 32], u64), LayerError>
+/// `(blob size, blob sha256, diff_id, tar bytes, tar entries)`.
+type Driven = (u64, [u8; 32], [u8; 32], u64, u64);
+
+fn drive<F>(backend: &mut dyn Backend, produce: F) -> Result<Driven, LayerError>
 where
     F: FnOnce(&mut TarSink<'_>) -> Result<(), LayerError>,
 {
     let mut sink = TarSink::new(backend);
     produce(&mut sink)?;
-    let (diff_id, total) = sink.finish()?;
+    let (diff_id, total, entries) = sink.finish()?;
     let (size, digest) = backend.finish()?;
-    Ok((size, digest, diff_id, total))
+    Ok((size, digest, diff_id, total, entries))
 }
 
 struct PlainBackend<'o> {

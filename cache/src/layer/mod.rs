@@ -57,7 +57,8 @@
 //! directories of an entry are resolved one component at a time inside the root:
 //! a symlink met on the way is followed only if it is relative and stays inside the
 //! root; an absolute symlink, or one whose `..` would climb above the root, makes
-//! the entry refused. The last component is never followed: an existing symlink
+//! the entry refused. A whiteout of `.` or `..` (`.wh..`, `.wh...`) is refused.
+//! The last component is never followed: an existing symlink
 //! there is replaced, and regular files are opened with `O_NOFOLLOW`. Hardlink
 //! targets are resolved the same way and must be an existing non-directory inside
 //! the root. Every refusal is an error naming the entry. Decompression bombs are
@@ -68,7 +69,38 @@
 //!
 //! Whiteouts follow the OCI spec: `.wh.NAME` deletes `NAME` from lower layers, and
 //! `.wh..wh..opq` removes every lower entry of its directory; neither touches what
-//! the same layer wrote, whatever the order of entries in the tar.
+//! the same layer wrote, whatever the order of entries in the tar (a directory
+//! both deleted and written to by one layer keeps only this layer's content).
+//! overlayfs's own xattrs (`trusted.overlay.*`, `user.overlay.*`) in a tar are
+//! never restored: they would change what an overlay mount of the tree shows.
+//!
+//! ## Overlay-native extraction
+//!
+//! [`extract_layer`] with [`WhiteoutMode::Overlay`] extracts one layer on its own
+//! into an empty directory in overlayfs's lower-dir form (docker's overlay2
+//! `diff` directories; see [`crate::snapshot`]): `.wh.NAME` becomes a character
+//! device `0:0` named `NAME` (an overlay whiteout), and `.wh..wh..opq` sets
+//! `trusted.overlay.opaque=y` (or `user.overlay.opaque=y`, [`OverlayXattrs`]) on
+//! its directory. Names, symlinks, hardlinks and limits are checked exactly as
+//! for [`apply_layer`] (it is the same code). The overlay mount of such
+//! directories shows what applying the same layers in order shows, with these
+//! consequences of a layer being extracted without its lower layers:
+//!
+//! - A whiteout and an entry of the same name in one layer (deleted, then made
+//!   again) become that entry; if it is a directory, it is made opaque so the
+//!   lower layers' content stays hidden. A whiteout or opaque marker whose
+//!   directory the tar does not list gets it created (mode 0755, owned by the
+//!   caller), as for any entry whose parents are missing; in the overlay it then
+//!   masks the lower directory's owner and mode (docker's overlay2 does the same;
+//!   the layer writer always lists parents).
+//! - Symlinks in an entry's path are followed only if the same layer made them:
+//!   an entry under `lib/` where a lower layer made `lib` a symlink becomes a
+//!   real `lib/` directory that hides the symlink. Layers made by forge, docker
+//!   and BuildKit never have such entries.
+//! - A character device `0:0` in the tar is a whiteout in overlay form (it is
+//!   one to overlayfs); the layer writer never makes such entries.
+//! - overlayfs ignores the opaque xattr on a layer's root directory, so a
+//!   `.wh..wh..opq` at the top of a layer does not hide the lower layers.
 
 mod apply;
 mod compress;
@@ -79,7 +111,10 @@ mod write;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-pub use apply::{apply_layer, ApplyLimits, ApplyStats};
+pub use apply::{
+    apply_layer, extract_layer, ApplyLimits, ApplyStats, ExtractOptions, OverlayXattrs,
+    WhiteoutMode,
+};
 pub use compress::GZIP_CHUNK;
 pub use detect::{decompress, detect, DetectedCompression};
 
@@ -191,6 +226,9 @@ pub struct LayerInfo {
     pub size: u64,
     /// Size of the uncompressed tar stream in bytes.
     pub uncompressed_size: u64,
+    /// Number of tar entries written (0 when the stream was copied from an
+    /// existing tar by [`compress_tar`]).
+    pub entries: u64,
     /// The OCI media type of the blob.
     pub media_type: &'static str,
 }

@@ -43,6 +43,7 @@ const MAX_OCTAL_11: u64 = 0o77_777_777_777;
 
 /// Write the header block(s) of an entry (not its data).
 pub(crate) fn write_header(sink: &mut TarSink<'_>, h: &Header<'_>) -> Result<(), LayerError> {
+    sink.count_entry();
     let mut pax = Vec::new();
     let (prefix, name) = match split_ustar(h.name) {
         Some(split) => split,

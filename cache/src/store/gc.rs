@@ -22,6 +22,9 @@ pub const PRUNE_GRACE: Duration = Duration::from_secs(10 * 60);
 /// when they are lease roots.
 const SNIFF_LIMIT: u64 = 4 << 20;
 
+/// The media type step-cache roots are read as (they are always OCI manifests).
+const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
 /// What [`Store::fsck`] found (and, with repair, removed).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct FsckReport {
@@ -179,7 +182,12 @@ impl Store {
                 fs::remove_file(&path).map_err(super::io_err("remove", &path))?;
             }
             for path in &report.stray {
-                let _ = fs::remove_file(path);
+                // Directories: snapshot extractions and RUN work dirs of dead
+                // processes.
+                let _ = match fs::symlink_metadata(path) {
+                    Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+                    _ => fs::remove_file(path),
+                };
             }
             if !report.broken.is_empty() {
                 self.update_index(|manifests| {
@@ -217,6 +225,9 @@ impl Store {
             if let Ok(digest) = descriptor_digest(entry) {
                 stack.push((digest, Some(entry.media_type().to_string())));
             }
+        }
+        for digest in self.step_cache_roots() {
+            stack.push((digest, Some(MANIFEST_MEDIA_TYPE.to_string())));
         }
         for (path, name) in list_dir(&self.leases_dir())? {
             match read_lease(&path) {

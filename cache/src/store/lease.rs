@@ -108,8 +108,16 @@ pub(crate) fn remove_stale(dir: &Path) -> Result<(Vec<PathBuf>, u64), CacheError
     let mut bytes = 0;
     for (path, name) in list_dir(dir)? {
         if is_stale(&path, &name) {
-            let size = fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if fs::remove_file(&path).is_ok() {
+            let meta = fs::symlink_metadata(&path);
+            let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+            // Directories are the work dirs of RUN steps (`run-<owner>...`)
+            // whose build was killed.
+            let gone = if meta.is_ok_and(|m| m.is_dir()) {
+                fs::remove_dir_all(&path).is_ok()
+            } else {
+                fs::remove_file(&path).is_ok()
+            };
+            if gone {
                 bytes += size;
                 removed.push(path);
             }

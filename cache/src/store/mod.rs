@@ -11,6 +11,9 @@
 //!   forge/v1/lock               lock file (flock) serializing index.json updates and prune
 //!   forge/v1/tmp/               temp files: blobs being written, index/lease replacements
 //!   forge/v1/leases/<pid>-<start>-<n>.json   blobs an in-flight process protects
+//!   forge/v1/cache/<key hex>    step cache index: a step key's result manifest (see step_cache)
+//!   forge/v1/snapshots/<diff_id hex>/   a layer extracted as an overlay lower dir (see snapshot)
+//!   forge/v1/snapshots/l/<16 hex>       short link to it, for overlay mount options
 //! ```
 //!
 //! Tools read it as it is: `skopeo inspect oci:$FORGE_HOME:docker.io/library/ubuntu:latest`.
@@ -536,6 +539,12 @@ impl Store {
         serde_json::from_slice(&bytes).map_err(|e| invalid("image config", digest, e))
     }
 
+    /// The layer snapshots (overlayfs lower dirs) under `forge/v1/snapshots`;
+    /// see [`crate::snapshot`].
+    pub fn snapshots(&self) -> crate::snapshot::Snapshots {
+        crate::snapshot::Snapshots::new(self)
+    }
+
     /// Protects blobs from [`Store::prune`] while the returned lease lives.
     pub fn lease(&self, digests: &[Sha256Digest]) -> Result<Lease, CacheError> {
         Lease::create(self, digests)
@@ -551,8 +560,18 @@ impl Store {
         self.root.join("forge").join("v1")
     }
 
-    pub(crate) fn tmp_dir(&self) -> PathBuf {
+    /// The store's temp directory (`forge/v1/tmp`), on the same file system as
+    /// the blobs and snapshots, so what is made there can be renamed into place.
+    /// Name what you create there with [`Store::temp_name`]: entries of dead
+    /// processes are cleaned up by name.
+    pub fn tmp_dir(&self) -> PathBuf {
         self.forge_dir().join("tmp")
+    }
+
+    /// A fresh name for a temp file or directory in [`Store::tmp_dir`] that
+    /// encodes this process (so it is recognized as stale once we are gone).
+    pub fn temp_name(kind: &str) -> String {
+        lease::temp_name(kind)
     }
 
     pub(crate) fn leases_dir(&self) -> PathBuf {
@@ -587,7 +606,7 @@ impl Store {
 
     /// Replaces a file atomically: temp in `forge/v1/tmp`, fsync, rename, fsync
     /// the directory.
-    fn replace_file(&self, path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+    pub(crate) fn replace_file(&self, path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
         let tmp = self.tmp_dir().join(lease::temp_name("file"));
         let result = (|| {
             let mut file = OpenOptions::new()

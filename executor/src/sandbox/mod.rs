@@ -4,7 +4,9 @@
 mod rootfs;
 mod syscall;
 mod unsafe_ops;
+pub mod user;
 
+use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -15,14 +17,18 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
-use nix::sys::wait::WaitStatus;
-use nix::unistd::{ForkResult, Gid, Uid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
-pub use rootfs::{overlay_options, setup_rootfs, DEVICES, MASKED_PATHS, READONLY_PATHS};
+pub use rootfs::{
+    overlay_options, setup_rootfs, OverlayMount, DEVICES, MASKED_PATHS, MAX_MOUNT_DATA,
+    READONLY_PATHS,
+};
 pub use syscall::{Call, RealSyscall, RecordingSyscall, Syscall};
 
 use crate::ExecutorError;
@@ -43,6 +49,32 @@ pub enum Network {
     Host,
     /// A fresh network namespace with only a loopback interface (`--network=none`).
     None,
+}
+
+/// Whether the sandbox needs a user namespace; decided by [`run`] from forge's
+/// effective uid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Privilege {
+    /// forge runs as root: no user namespace; ids are the host's.
+    Root,
+    /// forge runs as another user: the sandbox also unshares a user namespace
+    /// in which forge's uid and gid are mapped to 0 (and nothing else, so a
+    /// RUN can only run as root), `setgroups` is denied, and overlayfs is
+    /// mounted with `userxattr` (opaque dirs carry `user.overlay.opaque`).
+    Rootless,
+}
+
+impl Privilege {
+    /// [`Privilege::Root`] if the effective uid is 0, else
+    /// [`Privilege::Rootless`].
+    pub fn current() -> Self {
+        if nix::unistd::geteuid().is_root() {
+            Privilege::Root
+        } else {
+            Privilege::Rootless
+        }
+    }
 }
 
 /// Files the parent prepares and the sandbox bind-mounts over `/etc/…`; they are
@@ -72,7 +104,11 @@ impl EtcFiles {
 /// Everything the sandbox needs to run one RUN. Serialized to the re-exec'd child.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSpec {
-    /// Extracted layer snapshots, bottom (base) layer first. Absolute paths.
+    /// Extracted layer snapshots, bottom (base) layer first. Absolute paths
+    /// (symlinks are fine). The sandbox mounts from their deepest common parent
+    /// with relative `lowerdir` names, so many short paths in one directory
+    /// (e.g. `…/snapshots/l/0123456789abcdef` links) fit the kernel's one-page
+    /// limit on mount options (127 layers take about 2.2 KiB).
     pub lower_dirs: Vec<PathBuf>,
     /// overlayfs upper dir: becomes the new layer.
     pub upper_dir: PathBuf,
@@ -82,15 +118,30 @@ pub struct RunSpec {
     /// the sandbox's private mount namespace).
     pub merged_dir: PathBuf,
     /// The command, exec form. Shell form is `[shell…, cmd]`, built by the caller.
+    /// Empty: nothing is executed; the sandbox builds the rootfs, resolves the
+    /// user, creates the working directory and exits 0 (a WORKDIR step: the
+    /// upper dir then holds the created directories and their copied-up
+    /// parents).
     pub argv: Vec<String>,
-    /// `KEY=value` environment.
+    /// `KEY=value` environment. If it has no `HOME`, the command gets
+    /// `HOME=` the user's passwd home directory (or `/`), as with runc.
     pub env: Vec<String>,
-    /// Working directory inside the container (created if missing).
+    /// Working directory inside the container, absolute (empty means `/`).
+    /// Missing directories are created, mode 0755, owned as
+    /// [`workdir_owner_is_user`](Self::workdir_owner_is_user) says.
     pub cwd: String,
-    /// User id the command runs as.
-    pub uid: u32,
-    /// Group id the command runs as.
-    pub gid: u32,
+    /// The user in Docker's `USER` syntax: `""` (root), `name`, `uid`,
+    /// `name:group`, `uid:gid`, `name:gid`, `uid:group`. Resolved inside the
+    /// sandbox against the container's own `/etc/passwd` and `/etc/group`
+    /// (after `pivot_root`, so it cannot read the host's), with runc's rules:
+    /// see [`user::resolve_user`].
+    pub user: String,
+    /// Whether the directories of `cwd` that the sandbox creates are owned by
+    /// the resolved user's uid:gid (BuildKit's `llb.Mkdir(wd, 0755,
+    /// WithParents, WithUser(user))`, which Dockerfile WORKDIR uses when a
+    /// USER is set). `false`: they are owned by root (0:0). Directories that
+    /// already exist are never changed.
+    pub workdir_owner_is_user: bool,
     /// Network mode.
     pub network: Network,
     /// Host name inside the UTS namespace.
@@ -115,11 +166,14 @@ pub fn run(
     stdout: Stdio,
     stderr: Stdio,
 ) -> Result<ExitStatus, ExecutorError> {
-    if spec.argv.is_empty() {
-        return Err(ExecutorError::InvalidSpec("argv is empty".into()));
-    }
-    overlay_options(spec)?;
-    let json = serde_json::to_vec(spec).map_err(ExecutorError::SpecCodec)?;
+    let privilege = Privilege::current();
+    overlay_options(spec, privilege)?;
+    let envelope = Envelope {
+        parent: std::process::id(),
+        privilege,
+        spec: spec.clone(),
+    };
+    let json = serde_json::to_vec(&envelope).map_err(ExecutorError::SpecCodec)?;
     let process_err = |what| move |source| ExecutorError::Process { what, source };
     // One socket carries the spec to the sandbox and, back, a setup error if any.
     let (mut ours, theirs) = UnixStream::pair().map_err(process_err("creating a socket pair"))?;
@@ -133,19 +187,131 @@ pub fn run(
     // The command holds our copy of the sandbox's end: drop it, or no EOF.
     drop(command);
     let mut child = spawned.map_err(process_err("spawning the sandbox"))?;
+    let pid = child.id();
+    live_sandboxes().insert(pid);
     // A sandbox that dies early closes the socket; its report tells why.
-    let _ = ours.write_all(&json);
+    let mut report = Vec::new();
+    let mut map_error = None;
+    let len = u64::try_from(json.len()).unwrap_or(u64::MAX).to_le_bytes();
+    if ours
+        .write_all(&len)
+        .and_then(|()| ours.write_all(&json))
+        .is_ok()
+        && privilege == Privilege::Rootless
+    {
+        // The sandbox sends one NUL byte once it has unshared its user
+        // namespace, and waits for one back once the maps are written. Any
+        // other byte starts a setup error report.
+        let mut byte = [1u8];
+        match ours.read(&mut byte) {
+            Ok(1) if byte[0] == 0 => match write_id_maps(pid) {
+                Ok(()) => {
+                    let _ = ours.write_all(&[0]);
+                }
+                Err(e) => {
+                    // The sandbox waits for the ack: it must not go on unmapped.
+                    let _ = nix::sys::signal::kill(
+                        Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
+                        Signal::SIGKILL,
+                    );
+                    map_error = Some(e);
+                }
+            },
+            Ok(1) => report.push(byte[0]),
+            _ => {}
+        }
+    }
     let _ = ours.shutdown(Shutdown::Write);
+    // Wait without reaping, so that the pid cannot be reused while it is still
+    // registered (kill_all could otherwise hit an unrelated process).
+    let waited = wait_unreaped(pid);
+    live_sandboxes().remove(&pid);
+    waited?;
     let status = child
         .wait()
         .map_err(process_err("waiting for the sandbox"))?;
-    let mut report = String::new();
-    let _ = ours.read_to_string(&mut report);
+    let _ = ours.read_to_end(&mut report);
     remove_etc_mountpoints(spec)?;
+    if let Some(e) = map_error {
+        return Err(e);
+    }
+    let report = String::from_utf8_lossy(&report).into_owned();
     if !report.is_empty() {
         return Err(ExecutorError::SandboxSetup(report));
     }
     Ok(status)
+}
+
+/// What the parent sends the sandbox: the spec and the parent's pid (the
+/// sandbox exits if its parent is already gone once it has set its
+/// parent-death signal, closing the window before `PR_SET_PDEATHSIG`).
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    parent: u32,
+    privilege: Privilege,
+    spec: RunSpec,
+}
+
+/// Rootless: maps uid and gid 0 of the sandbox's new user namespace to
+/// forge's effective uid and gid (the one mapping an unprivileged process may
+/// write), after denying `setgroups` as the kernel requires for `gid_map`.
+fn write_id_maps(pid: u32) -> Result<(), ExecutorError> {
+    let uid = nix::unistd::geteuid();
+    let gid = nix::unistd::getegid();
+    for (file, text) in [
+        ("uid_map", format!("0 {uid} 1\n")),
+        ("setgroups", "deny".to_string()),
+        ("gid_map", format!("0 {gid} 1\n")),
+    ] {
+        let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+        std::fs::write(&path, text).map_err(|source| ExecutorError::Io {
+            what: "writing the sandbox's user namespace map",
+            path,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Pids of the sandbox processes [`run`] has spawned and not yet waited for.
+static LIVE_SANDBOXES: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+fn live_sandboxes() -> MutexGuard<'static, BTreeSet<u32>> {
+    // The set stays consistent whatever panicked while holding the lock.
+    LIVE_SANDBOXES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Waits until process `pid` (our child) has terminated, leaving it a zombie.
+fn wait_unreaped(pid: u32) -> Result<(), ExecutorError> {
+    let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+    loop {
+        match nix::sys::wait::waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Err(nix::Error::EINTR) => continue,
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(sys("waitid(sandbox)")(e)),
+        }
+    }
+}
+
+/// Sends `SIGKILL` to every sandbox process that [`run`] has started and not
+/// yet waited for (any thread's), for Ctrl-C: the sandbox's PID 1 dies by its
+/// parent-death signal and with it the whole PID namespace, the mount namespace
+/// (so every mount) goes with its last process, and each `run` call returns
+/// the signal exit (`128 + 9` from [`exit_code`]). Returns how many were
+/// signalled. A `run` that starts afterwards is not affected; a caller that
+/// exits right after (the CLI exits 130) needs nothing more, since sandboxes
+/// also die with forge.
+pub fn kill_all() -> usize {
+    let live = live_sandboxes();
+    for pid in live.iter() {
+        if let Ok(pid) = i32::try_from(*pid) {
+            // Still our unreaped child: the pid cannot belong to anyone else.
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    live.len()
 }
 
 /// Removes `/etc/{hosts,resolv.conf,hostname}` from the upper dir when no lower
@@ -223,7 +389,8 @@ fn is_removable_mountpoint_dir(upper: &Path, lower_dirs: &[PathBuf], rel: &str) 
 /// `argv[1] == SANDBOX_SUBCOMMAND`, **before any thread is started**. Never
 /// returns: exits with the command's status (see [`run`]).
 pub fn sandbox_main() -> ! {
-    // Keep a close-on-exec copy of the spec socket (fd 0) to report setup errors.
+    // Keep a close-on-exec copy of the spec socket (fd 0): the spec and the
+    // rootless handshake come in on it, setup errors go back out.
     let mut report = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
@@ -238,7 +405,11 @@ pub fn sandbox_main() -> ! {
 /// Reports a setup error to the parent (or to stderr if there is no channel) and
 /// exits with [`SETUP_FAILED_EXIT`].
 fn fail_setup(report: &mut Option<std::fs::File>, e: &ExecutorError) -> ! {
-    let msg = error_chain(e);
+    fail_setup_with(report, &error_chain(e))
+}
+
+/// [`fail_setup`] with a message of its own.
+fn fail_setup_with(report: &mut Option<std::fs::File>, msg: &str) -> ! {
     let sent = report
         .as_mut()
         .is_some_and(|r| r.write_all(msg.as_bytes()).is_ok());
@@ -271,14 +442,36 @@ fn sys(what: &str) -> impl FnOnce(nix::Error) -> ExecutorError + '_ {
 fn sandbox_inner(report: &mut Option<std::fs::File>) -> Result<i32, ExecutorError> {
     // Die with the forge process that spawned us.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(sys("prctl(PR_SET_PDEATHSIG)"))?;
+    let chan_err = |what| move |source| ExecutorError::Process { what, source };
+    let chan = report.as_mut().ok_or_else(|| ExecutorError::Process {
+        what: "duplicating the spec socket",
+        source: std::io::Error::other("no channel"),
+    })?;
+    // Read exactly the spec (length-prefixed): the socket stays open for the
+    // rootless handshake.
+    let mut len = [0u8; 8];
+    chan.read_exact(&mut len)
+        .map_err(chan_err("reading the spec"))?;
+    let len = u64::from_le_bytes(len);
     let mut json = Vec::new();
-    std::io::stdin()
+    Read::by_ref(chan)
+        .take(len)
         .read_to_end(&mut json)
-        .map_err(|source| ExecutorError::Process {
-            what: "reading the spec",
-            source,
-        })?;
-    let spec: RunSpec = serde_json::from_slice(&json).map_err(ExecutorError::SpecCodec)?;
+        .map_err(chan_err("reading the spec"))?;
+    if u64::try_from(json.len()).ok() != Some(len) {
+        return Err(chan_err("reading the spec")(
+            std::io::ErrorKind::UnexpectedEof.into(),
+        ));
+    }
+    let Envelope {
+        parent,
+        privilege,
+        spec,
+    } = serde_json::from_slice(&json).map_err(ExecutorError::SpecCodec)?;
+    if nix::unistd::getppid().as_raw() != i32::try_from(parent).unwrap_or(-1) {
+        // forge died before our parent-death signal was armed.
+        return Err(ExecutorError::InvalidSpec("forge is gone".into()));
+    }
     // The command gets /dev/null as stdin.
     let devnull = std::fs::File::open("/dev/null").map_err(|source| ExecutorError::Io {
         what: "opening",
@@ -295,7 +488,18 @@ fn sandbox_inner(report: &mut Option<std::fs::File>) -> Result<i32, ExecutorErro
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    if privilege == Privilege::Rootless {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
     nix::sched::unshare(flags).map_err(sys("unshare"))?;
+    if privilege == Privilege::Rootless {
+        // Ask the parent for the uid/gid maps and wait until they are written.
+        chan.write_all(&[0])
+            .map_err(chan_err("asking for uid/gid maps"))?;
+        let mut ack = [1u8];
+        chan.read_exact(&mut ack)
+            .map_err(chan_err("waiting for uid/gid maps"))?;
+    }
 
     match unsafe_ops::fork_single_threaded()? {
         ForkResult::Parent { child } => loop {
@@ -308,8 +512,8 @@ fn sandbox_inner(report: &mut Option<std::fs::File>) -> Result<i32, ExecutorErro
         },
         ForkResult::Child => {
             let keep = report.as_ref().map(|r| r.as_raw_fd());
-            let code = match container_init(&spec, keep) {
-                Ok(never) => match never {},
+            let code = match container_init(&spec, privilege, keep) {
+                Ok(()) => 0,
                 Err(Failure::NotFound(msg)) => {
                     eprintln!("{msg}");
                     127
@@ -319,6 +523,7 @@ fn sandbox_inner(report: &mut Option<std::fs::File>) -> Result<i32, ExecutorErro
                     126
                 }
                 Err(Failure::Setup(e)) => fail_setup(report, &e),
+                Err(Failure::Message(msg)) => fail_setup_with(report, &msg),
             };
             std::process::exit(code)
         }
@@ -326,9 +531,15 @@ fn sandbox_inner(report: &mut Option<std::fs::File>) -> Result<i32, ExecutorErro
 }
 
 enum Failure {
+    /// Exit 127 after printing this.
     NotFound(String),
+    /// Exit 126 after printing this.
     NotExecutable(String),
+    /// A setup error reported to the parent.
     Setup(ExecutorError),
+    /// A setup error reported to the parent as this message alone (e.g. runc's
+    /// `unable to find user …`).
+    Message(String),
 }
 
 impl From<ExecutorError> for Failure {
@@ -337,29 +548,60 @@ impl From<ExecutorError> for Failure {
     }
 }
 
-enum Never {}
-
-/// PID 1 of the new PID namespace: builds the rootfs and execs the command.
+/// PID 1 of the new PID namespace: builds the rootfs and execs the command
+/// (returns `Ok(())` only when there is no command: a WORKDIR step).
 /// `keep` is the close-on-exec report fd, spared by the fd sweep.
-fn container_init(spec: &RunSpec, keep: Option<RawFd>) -> Result<Never, Failure> {
+fn container_init(
+    spec: &RunSpec,
+    privilege: Privilege,
+    keep: Option<RawFd>,
+) -> Result<(), Failure> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(sys("prctl(PR_SET_PDEATHSIG)"))?;
-    setup_rootfs(&RealSyscall, spec)?;
+    setup_rootfs(&RealSyscall, spec, privilege)?;
     nix::unistd::sethostname(&spec.hostname).map_err(sys("sethostname"))?;
     if spec.network == Network::None {
         unsafe_ops::loopback_up()?;
     }
+    // Docker's umask: what the RUN creates does not depend on forge's.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
 
-    // Working directory: created as root (like WORKDIR), entered as the user.
+    // Inside the new root: a symlinked /etc/passwd cannot point at the host's.
+    let exec_user = user::resolve_user(
+        &spec.user,
+        read_container_file(Path::new("/etc/passwd"))?.as_deref(),
+        read_container_file(Path::new("/etc/group"))?.as_deref(),
+    )
+    .map_err(Failure::Message)?;
+    if privilege == Privilege::Rootless && (exec_user.uid, exec_user.gid) != (0, 0) {
+        return Err(Failure::Message(format!(
+            "USER {:?} (uid {}, gid {}) cannot be used in a rootless build: only root (0:0) \
+             is mapped in its user namespace",
+            spec.user, exec_user.uid, exec_user.gid
+        )));
+    }
+
+    // Working directory: created as root, owned by the user if asked.
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     if !cwd.starts_with('/') {
         return Err(ExecutorError::InvalidSpec(format!("cwd must be absolute: {cwd}")).into());
     }
-    RealSyscall.mkdir_all(Path::new(cwd))?;
+    let owner = spec
+        .workdir_owner_is_user
+        .then_some((exec_user.uid, exec_user.gid));
+    make_workdir(Path::new(cwd), owner)?;
+    if spec.argv.is_empty() {
+        return Ok(());
+    }
 
     drop_capabilities()?;
-    nix::unistd::setgroups(&[]).map_err(sys("setgroups"))?;
-    nix::unistd::setgid(Gid::from_raw(spec.gid)).map_err(sys("setgid"))?;
-    nix::unistd::setuid(Uid::from_raw(spec.uid)).map_err(sys("setuid"))?;
+    // Rootless: setgroups is denied in the user namespace (runc skips it too).
+    if privilege == Privilege::Root {
+        let groups: Vec<Gid> = exec_user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        nix::unistd::setgroups(&groups).map_err(sys("setgroups"))?;
+    }
+    nix::unistd::setgid(Gid::from_raw(exec_user.gid)).map_err(sys("setgid"))?;
+    // A non-root uid loses every permitted and effective capability here.
+    nix::unistd::setuid(Uid::from_raw(exec_user.uid)).map_err(sys("setuid"))?;
 
     nix::unistd::chdir(cwd).map_err(sys("chdir"))?;
     // CVE-2024-21626: a leaked fd could have put us outside the rootfs.
@@ -373,9 +615,10 @@ fn container_init(spec: &RunSpec, keep: Option<RawFd>) -> Result<Never, Failure>
         }
     }
 
-    let program = resolve(&spec.argv[0], &spec.env)?;
+    let env = user::with_home(&spec.env, &exec_user.home);
+    let program = resolve(&spec.argv[0], &env)?;
     let argv = cstrings(&spec.argv)?;
-    let env = cstrings(&spec.env)?;
+    let env = cstrings(&env)?;
     let program_c = CString::new(program.as_os_str().as_bytes())
         .map_err(|_| ExecutorError::InvalidSpec("NUL in program path".into()))?;
 
@@ -392,24 +635,105 @@ fn container_init(spec: &RunSpec, keep: Option<RawFd>) -> Result<Never, Failure>
     })
 }
 
+/// The most of `/etc/passwd` or `/etc/group` that is read (a symlink to
+/// `/dev/zero` must not hang the sandbox).
+const MAX_ETC_FILE: u64 = 16 << 20;
+
+/// Reads a file of the container (after `pivot_root`); `None` if it does not
+/// exist. Refuses anything but a regular file (a FIFO would block).
+fn read_container_file(path: &Path) -> Result<Option<String>, ExecutorError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| ExecutorError::Io {
+        what: "reading",
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    if !file.metadata().map_err(io)?.is_file() {
+        return Err(ExecutorError::InvalidSpec(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_ETC_FILE)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// `mkdir -p` for the working directory: every directory it creates gets mode
+/// 0755 (whatever the umask) and, if `owner` is given, that uid:gid. Existing
+/// directories (symlinks followed, inside the container root) are left alone.
+fn make_workdir(path: &Path, owner: Option<(u32, u32)>) -> Result<(), ExecutorError> {
+    let io = |what, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| ExecutorError::Io {
+            what,
+            path: p,
+            source,
+        }
+    };
+    let mut missing: Vec<&Path> = path.ancestors().take_while(|p| !p.is_dir()).collect();
+    missing.reverse();
+    for dir in missing {
+        match std::fs::create_dir(dir) {
+            Ok(()) => {}
+            // `..` components or a racing creator: a directory is all we need.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => continue,
+            Err(e) => return Err(io("creating working directory", dir)(e)),
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("setting the mode of", dir))?;
+        if let Some((uid, gid)) = owner {
+            nix::unistd::chown(dir, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(
+                |source| ExecutorError::Sys {
+                    what: format!("chown {}", dir.display()),
+                    source,
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Capabilities a RUN keeps in its bounding set: Docker's default set
 /// (`CAP_CHOWN`, `DAC_OVERRIDE`, `FOWNER`, `FSETID`, `KILL`, `SETGID`, `SETUID`,
 /// `SETPCAP`, `NET_BIND_SERVICE`, `NET_RAW`, `SYS_CHROOT`, `MKNOD`,
 /// `AUDIT_WRITE`, `SETFCAP`), as capability numbers.
 pub const DEFAULT_CAPABILITIES: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
 
-/// Drops every capability outside [`DEFAULT_CAPABILITIES`] from the bounding set.
-/// With empty inheritable and ambient sets, what root keeps across `execve` is
-/// its bounding set, and a non-root uid keeps nothing.
+/// [`DEFAULT_CAPABILITIES`] as a mask (bit `n` is capability `n`):
+/// `0xa80425fb`, Docker's.
+pub fn default_capability_mask() -> u64 {
+    DEFAULT_CAPABILITIES.iter().fold(0, |m, c| m | 1 << c)
+}
+
+/// Cuts the capabilities to [`DEFAULT_CAPABILITIES`] as Docker does: drops
+/// the rest from the bounding set, clears the ambient set, empties the
+/// inheritable set and sets permitted and effective to the default set. Root
+/// keeps exactly that across `execve`; `setuid` to another uid clears
+/// permitted and effective.
 fn drop_capabilities() -> Result<(), ExecutorError> {
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(40);
+        .unwrap_or(40)
+        .min(63);
     for cap in (0..=last).filter(|c| !DEFAULT_CAPABILITIES.contains(c)) {
         unsafe_ops::drop_bounding_cap(cap)?;
     }
-    Ok(())
+    unsafe_ops::clear_ambient_caps()?;
+    let mask = default_capability_mask();
+    unsafe_ops::set_caps(mask, mask, 0)
 }
 
 fn cstrings(items: &[String]) -> Result<Vec<CString>, ExecutorError> {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags};
 
 use super::syscall::Syscall;
-use super::RunSpec;
+use super::{Privilege, RunSpec};
 use crate::ExecutorError;
 
 /// Device nodes bind-mounted from the host's `/dev`.
@@ -35,37 +35,116 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// The overlayfs mount options for a spec. `lower_dirs` are bottom-first; overlayfs
-/// wants the topmost first.
-pub fn overlay_options(spec: &RunSpec) -> Result<String, ExecutorError> {
+/// The largest mount data the kernel accepts: `mount(2)` copies one page,
+/// including the terminating NUL.
+pub const MAX_MOUNT_DATA: usize = 4095;
+
+/// How the overlay is mounted: from `dir`, with `data` naming the lower dirs
+/// relative to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayMount {
+    /// The lower dirs' deepest common ancestor; the sandbox `chdir`s here before
+    /// mounting so that `lowerdir` can use short relative names (docker's
+    /// overlay2 trick: the kernel resolves them against the working directory).
+    pub dir: PathBuf,
+    /// The mount data: `lowerdir=` (topmost first, relative to `dir`),
+    /// absolute `upperdir=` and `workdir=`, `redirect_dir=off,metacopy=off`.
+    pub data: String,
+}
+
+/// The deepest directory containing every path's parent (`/` at worst).
+fn common_parent(paths: &[PathBuf]) -> PathBuf {
+    let mut common: Option<PathBuf> = None;
+    for p in paths {
+        let parent = p.parent().unwrap_or(Path::new("/"));
+        common = Some(match common {
+            None => parent.to_path_buf(),
+            Some(c) => c
+                .components()
+                .zip(parent.components())
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| a)
+                .collect(),
+        });
+    }
+    common
+        .filter(|c| c.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// The overlayfs mount for a spec. `lower_dirs` are bottom-first; overlayfs
+/// wants the topmost first. [`Privilege::Rootless`] adds `userxattr` (overlay
+/// keeps its metadata in `user.overlay.*` xattrs, the only ones a user
+/// namespace may write) and has `redirect_dir=nofollow` instead of `off` (the
+/// kernel refuses `off` with `userxattr`). Fails with [`ExecutorError::InvalidSpec`] when a
+/// path is relative or holds `,` `:` or a backslash (which the option syntax cannot
+/// carry), or when the data exceeds [`MAX_MOUNT_DATA`] bytes.
+pub fn overlay_options(
+    spec: &RunSpec,
+    privilege: Privilege,
+) -> Result<OverlayMount, ExecutorError> {
     if spec.lower_dirs.is_empty() {
         return Err(ExecutorError::InvalidSpec(
             "at least one lower dir is needed".into(),
         ));
     }
-    let check = |p: &Path| -> Result<String, ExecutorError> {
+    let utf8 = |p: &Path| -> Result<String, ExecutorError> {
         let s = p.to_str().ok_or_else(|| {
             ExecutorError::InvalidSpec(format!("path is not UTF-8: {}", p.display()))
         })?;
-        if !p.is_absolute() || s.contains([',', ':', '\\']) {
+        if s.contains([',', ':', '\\']) {
             return Err(ExecutorError::InvalidSpec(format!(
-                "overlay paths must be absolute and free of ',', ':' and '\\': {s}"
+                "overlay paths must be free of ',', ':' and '\\': {s}"
             )));
         }
         Ok(s.to_owned())
     };
+    let absolute = |p: &Path| -> Result<String, ExecutorError> {
+        if !p.is_absolute() {
+            return Err(ExecutorError::InvalidSpec(format!(
+                "overlay paths must be absolute: {}",
+                p.display()
+            )));
+        }
+        utf8(p)
+    };
+    if let Some(l) = spec.lower_dirs.iter().find(|l| !l.is_absolute()) {
+        return Err(ExecutorError::InvalidSpec(format!(
+            "overlay paths must be absolute: {}",
+            l.display()
+        )));
+    }
+    let dir = common_parent(&spec.lower_dirs);
     let lowers = spec
         .lower_dirs
         .iter()
         .rev()
-        .map(|p| check(p))
+        .map(|p| match p.strip_prefix(&dir) {
+            Ok(rel) if !rel.as_os_str().is_empty() => utf8(rel),
+            _ => absolute(p),
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off",
+    // Rootless: the kernel refuses `userxattr` with `redirect_dir=off` (which
+    // may still follow redirects); `nofollow` neither makes nor follows them.
+    let (redirect, userxattr) = match privilege {
+        Privilege::Root => ("off", ""),
+        Privilege::Rootless => ("nofollow", ",userxattr"),
+    };
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir={redirect},metacopy=off{userxattr}",
         lowers.join(":"),
-        check(&spec.upper_dir)?,
-        check(&spec.work_dir)?,
-    ))
+        absolute(&spec.upper_dir)?,
+        absolute(&spec.work_dir)?,
+    );
+    if data.len() > MAX_MOUNT_DATA {
+        return Err(ExecutorError::InvalidSpec(format!(
+            "the overlay mount options for {} layers are {} bytes long, over the kernel's \
+             limit of {MAX_MOUNT_DATA} (pass lower dirs as short paths in one directory)",
+            spec.lower_dirs.len(),
+            data.len()
+        )));
+    }
+    Ok(OverlayMount { dir, data })
 }
 
 /// `root` joined with an absolute in-container path.
@@ -77,10 +156,14 @@ fn under(root: &Path, path: &str) -> PathBuf {
 /// sandbox's own mount namespace, after `unshare` and the fork into the new PID
 /// namespace (so the fresh `/proc` is that namespace's).
 ///
-/// Order: `/` rprivate → overlay → `/proc` → `/dev` (tmpfs, device binds, devpts,
+/// Order: `/` rprivate → `chdir` to the lowers' parent → overlay → `/proc` → `/dev` (tmpfs, device binds, devpts,
 /// shm, links) → etc files → pivot_root → detach old root → masked and read-only
 /// paths.
-pub fn setup_rootfs(sys: &dyn Syscall, spec: &RunSpec) -> Result<(), ExecutorError> {
+pub fn setup_rootfs(
+    sys: &dyn Syscall,
+    spec: &RunSpec,
+    privilege: Privilege,
+) -> Result<(), ExecutorError> {
     let root = spec.merged_dir.as_path();
     let none: Option<&Path> = None;
 
@@ -93,12 +176,15 @@ pub fn setup_rootfs(sys: &dyn Syscall, spec: &RunSpec) -> Result<(), ExecutorErr
         None,
     )?;
 
+    // Relative lowerdir names are resolved against the working directory.
+    let overlay = overlay_options(spec, privilege)?;
+    sys.chdir(&overlay.dir)?;
     sys.mount(
         Some(Path::new("overlay")),
         root,
         Some("overlay"),
         MsFlags::empty(),
-        Some(&overlay_options(spec)?),
+        Some(&overlay.data),
     )?;
 
     let proc_dir = under(root, "/proc");

@@ -13,8 +13,8 @@ fn spec() -> RunSpec {
         argv: vec!["/bin/sh".into(), "-c".into(), "true".into()],
         env: vec!["PATH=/bin".into()],
         cwd: "/".into(),
-        uid: 0,
-        gid: 0,
+        user: String::new(),
+        workdir_owner_is_user: false,
         network: Network::Host,
         hostname: "box".into(),
         etc_files: EtcFiles {
@@ -48,9 +48,120 @@ fn mount(
 #[test]
 fn overlay_options_are_topmost_first_with_safe_flags() -> Result<(), ExecutorError> {
     assert_eq!(
-        overlay_options(&spec())?,
-        "lowerdir=/s/l1:/s/base,upperdir=/s/up,workdir=/s/work,redirect_dir=off,metacopy=off"
+        overlay_options(&spec(), Privilege::Root)?,
+        OverlayMount {
+            dir: p("/s"),
+            data: "lowerdir=l1:base,upperdir=/s/up,workdir=/s/work,redirect_dir=off,metacopy=off"
+                .into()
+        }
     );
+    Ok(())
+}
+
+#[test]
+fn rootless_overlay_uses_userxattr() -> Result<(), ExecutorError> {
+    assert_eq!(
+        overlay_options(&spec(), Privilege::Rootless)?.data,
+        "lowerdir=l1:base,upperdir=/s/up,workdir=/s/work,redirect_dir=nofollow,metacopy=off,userxattr"
+    );
+    Ok(())
+}
+
+#[test]
+fn overlay_lowers_are_relative_to_their_deepest_common_parent() -> Result<(), ExecutorError> {
+    let mut s = spec();
+    s.lower_dirs = vec![
+        "/a/b/c/one".into(),
+        "/a/b/d/two".into(),
+        "/a/b/three".into(),
+    ];
+    let m = overlay_options(&s, Privilege::Root)?;
+    assert_eq!(m.dir, p("/a/b"));
+    assert!(
+        m.data.starts_with("lowerdir=three:d/two:c/one,"),
+        "{}",
+        m.data
+    );
+    s.lower_dirs = vec!["/x/one".into(), "/y/two".into()];
+    let m = overlay_options(&s, Privilege::Root)?;
+    assert_eq!(m.dir, p("/"));
+    assert!(m.data.starts_with("lowerdir=y/two:x/one,"), "{}", m.data);
+    // A ':' in the common parent is harmless: it is not in the options.
+    s.lower_dirs = vec!["/x:y/one".into()];
+    assert!(overlay_options(&s, Privilege::Root)?
+        .data
+        .starts_with("lowerdir=one,"));
+    Ok(())
+}
+
+#[test]
+fn overlay_options_fit_127_short_links() -> Result<(), ExecutorError> {
+    let links = "/root/.local/share/forge/forge/v1/snapshots/l";
+    let mut s = spec();
+    s.upper_dir = "/root/.local/share/forge/forge/v1/tmp/run-0123456789abcdef/upper".into();
+    s.work_dir = "/root/.local/share/forge/forge/v1/tmp/run-0123456789abcdef/work".into();
+    s.lower_dirs = (0..127)
+        .map(|i| PathBuf::from(format!("{links}/{i:016x}")))
+        .collect();
+    let m = overlay_options(&s, Privilege::Root)?;
+    assert_eq!(m.dir, p(links));
+    assert!(m.data.len() <= MAX_MOUNT_DATA, "{}", m.data.len());
+    assert!(m
+        .data
+        .starts_with("lowerdir=000000000000007e:000000000000007d:"));
+    assert!(m.data.ends_with(",redirect_dir=off,metacopy=off"));
+    Ok(())
+}
+
+#[test]
+fn overlay_options_too_long_is_a_clear_error() {
+    let mut s = spec();
+    // Different parents: no short relative names.
+    s.lower_dirs = (0..127)
+        .map(|i| {
+            PathBuf::from(format!(
+                "/snapshots/{i:04}/a-long-directory-name-of-a-layer-snapshot"
+            ))
+        })
+        .collect();
+    match overlay_options(&s, Privilege::Root) {
+        Err(ExecutorError::InvalidSpec(msg)) => {
+            assert!(msg.contains("127 layers"), "{msg}");
+            assert!(msg.contains("4095"), "{msg}");
+        }
+        other => panic!("expected InvalidSpec, got {other:?}"),
+    }
+}
+
+#[test]
+fn default_capability_mask_is_dockers() {
+    assert_eq!(default_capability_mask(), 0xa804_25fb);
+}
+
+#[test]
+fn make_workdir_creates_0755_and_leaves_existing_dirs() -> Result<(), Box<dyn std::error::Error>> {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir()?;
+    let existing = tmp.path().join("existing");
+    std::fs::create_dir(&existing)?;
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o700))?;
+    let target = existing.join("a/b/c");
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    make_workdir(&target, Some((uid, gid)))?;
+    for d in ["a", "a/b", "a/b/c"] {
+        let meta = existing.join(d).metadata()?;
+        assert_eq!(meta.mode() & 0o7777, 0o755, "{d}");
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{d}");
+    }
+    assert_eq!(existing.metadata()?.mode() & 0o7777, 0o700);
+    // Existing: nothing to do.
+    make_workdir(&target, None)?;
+    // A file in the way is an error.
+    std::fs::write(existing.join("file"), "")?;
+    assert!(make_workdir(&existing.join("file/sub"), None).is_err());
     Ok(())
 }
 
@@ -59,19 +170,19 @@ fn overlay_options_reject_bad_paths() {
     let mut s = spec();
     s.lower_dirs.push("/a:b".into());
     assert!(matches!(
-        overlay_options(&s),
+        overlay_options(&s, Privilege::Root),
         Err(ExecutorError::InvalidSpec(_))
     ));
     let mut s = spec();
     s.upper_dir = "relative".into();
     assert!(matches!(
-        overlay_options(&s),
+        overlay_options(&s, Privilege::Root),
         Err(ExecutorError::InvalidSpec(_))
     ));
     let mut s = spec();
     s.lower_dirs.clear();
     assert!(matches!(
-        overlay_options(&s),
+        overlay_options(&s, Privilege::Root),
         Err(ExecutorError::InvalidSpec(_))
     ));
 }
@@ -82,17 +193,18 @@ fn mount_sequence_is_recorded_in_order() -> Result<(), ExecutorError> {
         &["/proc/kcore", "/proc/sysrq-trigger"],
         &["/proc/acpi", "/proc/sys"],
     );
-    setup_rootfs(&sys, &spec())?;
+    setup_rootfs(&sys, &spec(), Privilege::Root)?;
     let calls = sys.calls();
 
     let mut expected = vec![
         mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None),
+        Call::Chdir(p("/s")),
         mount(
             Some("overlay"),
             "/s/root",
             Some("overlay"),
             MsFlags::empty(),
-            Some("lowerdir=/s/l1:/s/base,upperdir=/s/up,workdir=/s/work,redirect_dir=off,metacopy=off"),
+            Some("lowerdir=l1:base,upperdir=/s/up,workdir=/s/work,redirect_dir=off,metacopy=off"),
         ),
         Call::MkdirAll(p("/s/root/proc")),
         mount(
@@ -266,7 +378,9 @@ fn resolve_uses_the_spec_path() {
 }
 
 #[test]
-fn run_rejects_empty_argv_before_spawning() {
+fn run_accepts_empty_argv() {
+    // An empty argv is a WORKDIR step: the spec is valid, only the binary is
+    // missing here.
     let mut s = spec();
     s.argv.clear();
     let r = run(
@@ -275,5 +389,23 @@ fn run_rejects_empty_argv_before_spawning() {
         std::process::Stdio::null(),
         std::process::Stdio::null(),
     );
+    assert!(matches!(r, Err(ExecutorError::Process { .. })), "{r:?}");
+}
+
+#[test]
+fn run_rejects_bad_overlay_options_before_spawning() {
+    let mut s = spec();
+    s.lower_dirs = vec!["relative".into()];
+    let r = run(
+        Path::new("/nonexistent"),
+        &s,
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
     assert!(matches!(r, Err(ExecutorError::InvalidSpec(_))), "{r:?}");
+}
+
+#[test]
+fn kill_all_with_nothing_running_is_a_no_op() {
+    assert_eq!(kill_all(), 0);
 }

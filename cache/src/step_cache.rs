@@ -1,0 +1,99 @@
+//! The step cache index: a step's cache key → the image its result is.
+//!
+//! A build step's result is a whole image (its config, with the history so far,
+//! and its layers), stored as an ordinary OCI manifest in the blob store. The
+//! index maps the step's cache key (a blake3 hash computed by `forge-graph`; this
+//! crate only sees its hex) to that manifest's digest, one small file per key:
+//!
+//! ```text
+//! forge/v1/cache/<key hex>      the manifest digest, `sha256:<hex>\n`
+//! ```
+//!
+//! Entries are written like everything else in the store (temp file, fsync,
+//! rename, fsync of the directory) and only after every blob the manifest names
+//! has been committed, so an entry never points at a partial result; a lookup
+//! still checks that the manifest, its config and its layers are present and
+//! answers "miss" otherwise (a blob removed by hand, or an entry from an older
+//! store). [`Store::prune`] treats every entry as a root.
+
+use std::fs;
+use std::path::PathBuf;
+
+use crate::store::{io_err, Store};
+use crate::{CacheError, Sha256Digest};
+
+impl Store {
+    fn step_cache_dir(&self) -> PathBuf {
+        self.forge_dir().join("cache")
+    }
+
+    fn step_cache_path(&self, key_hex: &str) -> Result<PathBuf, CacheError> {
+        if key_hex.len() != 64 || !key_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CacheError::InvalidDigest {
+                text: key_hex.to_string(),
+                reason: "a step cache key is 64 hex digits",
+            });
+        }
+        Ok(self.step_cache_dir().join(key_hex))
+    }
+
+    /// The manifest digest cached for the step key `key_hex`, if there is an
+    /// entry and every blob it needs is present.
+    ///
+    /// # Errors
+    /// A malformed key, or an unreadable cache directory.
+    pub fn step_cache_get(&self, key_hex: &str) -> Result<Option<Sha256Digest>, CacheError> {
+        let path = self.step_cache_path(key_hex)?;
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        let Ok(manifest_digest) = text.trim().parse::<Sha256Digest>() else {
+            return Ok(None);
+        };
+        if !self.has_blob(&manifest_digest) {
+            return Ok(None);
+        }
+        let Ok(manifest) = self.manifest_by_digest(&manifest_digest) else {
+            return Ok(None);
+        };
+        let present = |d: &oci_spec::image::Digest| {
+            d.to_string()
+                .parse::<Sha256Digest>()
+                .is_ok_and(|d| self.has_blob(&d))
+        };
+        if !present(manifest.config().digest())
+            || !manifest.layers().iter().all(|l| present(l.digest()))
+        {
+            return Ok(None);
+        }
+        Ok(Some(manifest_digest))
+    }
+
+    /// Records that the step key `key_hex` produced the manifest `manifest`
+    /// (which, with its config and layers, must already be in the store).
+    ///
+    /// # Errors
+    /// A malformed key, a missing manifest, or a failed write.
+    pub fn step_cache_put(&self, key_hex: &str, manifest: &Sha256Digest) -> Result<(), CacheError> {
+        let path = self.step_cache_path(key_hex)?;
+        if !self.has_blob(manifest) {
+            return Err(CacheError::BlobNotFound { digest: *manifest });
+        }
+        let dir = self.step_cache_dir();
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        self.replace_file(&path, format!("{manifest}\n").as_bytes())
+    }
+
+    /// Every manifest digest the step cache refers to (roots for [`Store::prune`]).
+    pub(crate) fn step_cache_roots(&self) -> Vec<Sha256Digest> {
+        let Ok(entries) = fs::read_dir(self.step_cache_dir()) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
+            .filter_map(|t| t.trim().parse().ok())
+            .collect()
+    }
+}

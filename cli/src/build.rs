@@ -1,0 +1,363 @@
+//! `forge build`: lowering against the store, running the build, progress
+//! output, tagging.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, ValueEnum};
+use forge_cache::image::host_architecture;
+use forge_cache::reference::Reference;
+use forge_cache::store::Store;
+use forge_cache::Sha256Digest;
+use forge_executor::build::{BuildOptions, Event, Reporter};
+use forge_executor::sandbox::Network;
+use forge_executor::ExecutorError;
+use forge_frontend::resolve::{BaseImage, BaseResolver};
+use indicatif::{ProgressBar, ProgressStyle};
+use oci_spec::image::{Descriptor, Digest, MediaType};
+use serde_json::Value;
+
+use crate::images::open_store;
+use crate::{lower_input_with, Failure, InputArgs, PlanFormat};
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Print the plan (steps, waves, cache keys) without running anything or
+    /// touching the store or the network.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format of the plan (with --dry-run).
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
+    /// The network of RUN steps: `default`/`host` (the host's) or `none`.
+    #[arg(long, default_value = "default", value_parser = ["default", "host", "none"])]
+    pub network: String,
+    /// Run every step, even those whose result is cached.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Progress output: `auto` (tty on a terminal, plain otherwise), `plain`
+    /// (one line per event), `tty` (a live progress view), `quiet`.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Print only the image ID on success (and no progress).
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Write the image ID to this file.
+    #[arg(long)]
+    pub iidfile: Option<PathBuf>,
+    /// The target platform; only the host's is supported for now.
+    #[arg(long)]
+    pub platform: Option<String>,
+}
+
+/// `--progress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// `tty` on a terminal, `plain` otherwise.
+    Auto,
+    /// Plain line-per-event logs.
+    Plain,
+    /// A live progress view.
+    Tty,
+    /// Nothing but errors.
+    Quiet,
+}
+
+/// Base images come from the store (pulling arrives with the registry client).
+struct StoreResolver<'s> {
+    store: &'s Store,
+}
+
+impl BaseResolver for StoreResolver<'_> {
+    fn resolve(&self, reference: &str, _: Option<&str>) -> Result<Option<BaseImage>, String> {
+        let record = self.store.resolve(reference).map_err(|e| {
+            format!("{e}; make it with `forge import` or `forge load` (pulling from a registry is not there yet)")
+        })?;
+        if record.is_index() {
+            return Err(format!(
+                "{reference} is a multi-platform index; forge builds from single-platform images for now"
+            ));
+        }
+        let manifest = self.store.manifest(&record).map_err(|e| e.to_string())?;
+        let config_digest: Sha256Digest = manifest
+            .config()
+            .digest()
+            .to_string()
+            .parse()
+            .map_err(|e: forge_cache::CacheError| e.to_string())?;
+        let bytes = self
+            .store
+            .read_blob(&config_digest)
+            .map_err(|e| e.to_string())?;
+        let config: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("the image config of {reference} is not JSON: {e}"))?;
+        let arch = config
+            .get("architecture")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !arch.is_empty() && arch != host_architecture() {
+            return Err(format!(
+                "{reference} is for {arch}, this machine is {}; building for other platforms is not supported yet",
+                host_architecture()
+            ));
+        }
+        let c = config.get("config");
+        let strings = |key: &str| -> Vec<String> {
+            c.and_then(|c| c.get(key))
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let string = |key: &str| -> String {
+            c.and_then(|c| c.get(key))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        Ok(Some(BaseImage {
+            digest: record.digest.to_string(),
+            env: strings("Env")
+                .into_iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (kv, String::new()),
+                })
+                .collect(),
+            workdir: string("WorkingDir"),
+            user: string("User"),
+            shell: strings("Shell"),
+            onbuild: strings("OnBuild"),
+        }))
+    }
+}
+
+impl From<ExecutorError> for Failure {
+    fn from(e: ExecutorError) -> Self {
+        let code = match &e {
+            ExecutorError::RunFailed { .. } | ExecutorError::TooManyLayers { .. } => 1,
+            ExecutorError::Store(inner)
+                if !matches!(**inner, forge_cache::CacheError::Io { .. }) =>
+            {
+                1
+            }
+            _ => 2,
+        };
+        Self {
+            report: e.into(),
+            code,
+        }
+    }
+}
+
+/// Prints progress as plain lines on stderr.
+struct PlainReporter;
+
+impl Reporter for PlainReporter {
+    fn event(&self, event: Event<'_>) {
+        match event {
+            Event::Started { vertex, label } => eprintln!("#{vertex} {label}"),
+            Event::Cached { vertex } => eprintln!("#{vertex} CACHED"),
+            Event::Output { vertex, line } => eprintln!("#{vertex} {line}"),
+            Event::Layer {
+                vertex,
+                entries,
+                bytes,
+                elapsed,
+            } => eprintln!(
+                "#{vertex} layer {entries} entries {bytes} bytes in {:.6}s",
+                elapsed.as_secs_f64()
+            ),
+            Event::Done { vertex, elapsed } => {
+                eprintln!("#{vertex} DONE {:.1}s", elapsed.as_secs_f64())
+            }
+        }
+    }
+}
+
+/// A spinner with the current step; output lines and finished steps scroll
+/// above it.
+struct TtyReporter {
+    bar: ProgressBar,
+    labels: Mutex<Vec<String>>,
+}
+
+impl TtyReporter {
+    fn new() -> Self {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Self {
+            bar,
+            labels: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn label(&self, vertex: usize) -> String {
+        self.labels
+            .lock()
+            .ok()
+            .and_then(|l| l.get(vertex.wrapping_sub(1)).cloned())
+            .unwrap_or_default()
+    }
+}
+
+impl Reporter for TtyReporter {
+    fn event(&self, event: Event<'_>) {
+        match event {
+            Event::Started { vertex, label } => {
+                if let Ok(mut labels) = self.labels.lock() {
+                    let len = vertex.max(labels.len());
+                    labels.resize(len, String::new());
+                    if let Some(slot) = labels.get_mut(vertex.wrapping_sub(1)) {
+                        *slot = label.to_string();
+                    }
+                }
+                self.bar.set_message(label.to_string());
+            }
+            Event::Cached { vertex } => {
+                self.bar
+                    .println(format!(" => CACHED {}", self.label(vertex)));
+            }
+            Event::Output { line, .. } => self.bar.println(format!("    {line}")),
+            Event::Layer { .. } => {}
+            Event::Done { vertex, elapsed } => self.bar.println(format!(
+                " => {} {:.1}s",
+                self.label(vertex),
+                elapsed.as_secs_f64()
+            )),
+        }
+    }
+}
+
+impl Drop for TtyReporter {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+struct QuietReporter;
+
+impl Reporter for QuietReporter {
+    fn event(&self, _: Event<'_>) {}
+}
+
+/// Ctrl-C (and SIGTERM): kill every sandbox, exit 130. Everything in the store
+/// is written to temp files and renamed into place, so leaving now leaves it
+/// consistent; our temp files are cleaned up by the next `Store::open`.
+fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        forge_executor::sandbox::kill_all();
+        eprintln!("\ninterrupted");
+        std::process::exit(130);
+    });
+}
+
+pub fn build(args: &BuildArgs) -> Result<(), Failure> {
+    if let Some(platform) = &args.platform {
+        let host = forge_frontend::lower::host_platform_string();
+        if platform != &host {
+            return Err(crate::usage(
+                format!("--platform {platform} is not supported yet: this machine builds {host}"),
+                "leave --platform out, or build on a machine of that platform",
+            ));
+        }
+    }
+    let store = open_store()?;
+    let resolver = StoreResolver { store: &store };
+    let (ir, targets) = lower_input_with(&args.input, &resolver)?;
+    let host = forge_frontend::lower::host_platform_string();
+    for stage in &ir.stages {
+        if let Some(p) = &stage.platform {
+            if p != &host {
+                return Err(crate::usage(
+                    format!("FROM --platform={p} is not supported yet: this machine builds {host}"),
+                    "remove --platform from FROM, or build on a machine of that platform",
+                ));
+            }
+        }
+    }
+    let names: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let graph = forge_graph::compile(&ir, &names)?;
+
+    let exe = std::env::current_exe().map_err(|e| Failure {
+        report: miette::miette!("cannot find forge's own executable: {e}"),
+        code: 2,
+    })?;
+    let opts = BuildOptions {
+        exe,
+        network: if args.network == "none" {
+            Network::None
+        } else {
+            Network::Host
+        },
+        no_cache: args.no_cache,
+        layer: forge_cache::layer::LayerOptions::from_env(),
+        hostname: "forge".to_string(),
+        proxy_env: crate::parse_build_args(&args.input.build_args)?
+            .into_iter()
+            .filter(|(k, _)| forge_executor::build::PROXY_ARGS.contains(&k.as_str()))
+            .collect(),
+    };
+    let mode = match (args.quiet, args.progress) {
+        (true, _) => ProgressMode::Quiet,
+        (false, ProgressMode::Auto) if std::io::stderr().is_terminal() => ProgressMode::Tty,
+        (false, ProgressMode::Auto) => ProgressMode::Plain,
+        (false, mode) => mode,
+    };
+    install_interrupt_handler();
+    let built = {
+        let reporter: Box<dyn Reporter> = match mode {
+            ProgressMode::Plain | ProgressMode::Auto => Box::new(PlainReporter),
+            ProgressMode::Tty => Box::new(TtyReporter::new()),
+            ProgressMode::Quiet => Box::new(QuietReporter),
+        };
+        forge_executor::build::build(&graph, &store, &opts, reporter.as_ref())?
+    };
+
+    for image in &built {
+        let digest =
+            Digest::from_str(&image.committed.manifest.to_string()).map_err(|e| Failure {
+                report: miette::miette!("bad manifest digest: {e}"),
+                code: 101,
+            })?;
+        let descriptor = Descriptor::new(
+            MediaType::ImageManifest,
+            image.committed.manifest_size,
+            digest,
+        );
+        for tag in &image.tags {
+            let reference = Reference::parse(tag)?;
+            store.tag(&descriptor, &reference, Some(SystemTime::now()))?;
+            if mode != ProgressMode::Quiet {
+                eprintln!("naming to {}", reference.tagged_name());
+            }
+        }
+        if args.quiet {
+            println!("{}", image.committed.id);
+        } else if mode != ProgressMode::Quiet {
+            eprintln!("writing image {} done", image.committed.id);
+        }
+    }
+    if let Some(path) = &args.iidfile {
+        if let Some(image) = built.last() {
+            std::fs::write(path, image.committed.id.to_string()).map_err(|e| Failure {
+                report: miette::miette!("cannot write --iidfile {}: {e}", path.display()),
+                code: 2,
+            })?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,388 @@
+//! `forge build` end to end: RUN in the sandbox, layers, the step cache, failure
+//! reports, the layer limit, Ctrl-C. The base image is a busybox rootfs tarball
+//! made by `scripts/make-rootfs` and imported with `forge import`. (The
+//! comparison with Docker's BuildKit is in `differential.rs`.)
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A fresh temporary directory, removed when the test ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir =
+            std::env::temp_dir().join(format!("forge-build-{}-{n}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The busybox rootfs tarball, made once per test run.
+fn rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!(
+            "forge-build-test-rootfs-{}.tar",
+            std::process::id()
+        ));
+        let out = Command::new("bash")
+            .arg(repo().join("scripts/make-rootfs"))
+            .arg(&path)
+            .output()
+            .expect("make-rootfs runs");
+        assert!(
+            out.status.success(),
+            "make-rootfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    })
+}
+
+fn forge_cmd(home: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_forge"));
+    cmd.args(args).env("FORGE_HOME", home).env("NO_COLOR", "1");
+    cmd
+}
+
+fn forge(home: &Path, args: &[&str]) -> Output {
+    forge_cmd(home, args).output().expect("forge runs")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A store with the busybox base imported as `base:latest`, and a context dir.
+struct Fixture {
+    home: TempDir,
+    context: TempDir,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        let home = TempDir::new(&format!("{name}-home"));
+        let context = TempDir::new(&format!("{name}-ctx"));
+        let tar = rootfs().to_str().expect("utf-8 path");
+        ok(&forge(home.path(), &["import", tar, "base:latest"]));
+        Self { home, context }
+    }
+
+    fn write_dockerfile(&self, text: &str) {
+        std::fs::write(self.context.path().join("Dockerfile"), text).expect("write Dockerfile");
+    }
+
+    fn build(&self, extra: &[&str]) -> Output {
+        let ctx = self.context.path().to_str().expect("utf-8 path");
+        let mut args = vec!["build", "--progress", "plain"];
+        args.extend_from_slice(extra);
+        args.push(ctx);
+        forge(self.home.path(), &args)
+    }
+
+    fn inspect(&self, name: &str) -> Value {
+        let out = ok(&forge(self.home.path(), &["inspect", name]));
+        let parsed: Value = serde_json::from_str(&out).expect("inspect prints JSON");
+        parsed[0].clone()
+    }
+}
+
+fn image_id(out: &Output) -> String {
+    ok(out).trim().to_string()
+}
+
+#[test]
+fn a_build_runs_steps_and_makes_the_config_and_layers() {
+    let f = Fixture::new("basic");
+    f.write_dockerfile(
+        "FROM base\n\
+         ARG WHO=world\n\
+         ENV GREETING=hello\n\
+         RUN echo \"$GREETING $WHO\" > /greeting && mkdir -p /srv\n\
+         WORKDIR /srv/app\n\
+         RUN [\"/bin/sh\", \"-c\", \"pwd > where\"]\n\
+         USER nobody\n\
+         RUN id -u > /tmp/uid\n\
+         CMD [\"cat\", \"/greeting\"]\n",
+    );
+    let out = f.build(&["-t", "hello:1"]);
+    let log = stderr(&out);
+    ok(&out);
+    assert!(log.contains("#2 [2/5] RUN echo"), "{log}");
+    assert!(log.contains(" layer "), "{log}");
+    let image = f.inspect("hello:1");
+    let config = &image["Config"];
+    let env: Vec<&str> = config["Env"]
+        .as_array()
+        .expect("Env")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(env.contains(&"GREETING=hello"), "{env:?}");
+    assert!(env.iter().any(|e| e.starts_with("PATH=")), "{env:?}");
+    assert_eq!(config["WorkingDir"], "/srv/app");
+    assert_eq!(config["User"], "nobody");
+    assert_eq!(config["Cmd"], serde_json::json!(["cat", "/greeting"]));
+    // Base layer + RUN + WORKDIR + RUN + RUN.
+    let layers = image["RootFS"]["Layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), 5, "{image:#}");
+
+    let history = ok(&forge(
+        f.home.path(),
+        &["history", "--no-trunc", "--format", "json", "hello:1"],
+    ));
+    assert!(
+        history.lines().any(|l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|v| {
+                v["CreatedBy"]
+                    == "RUN |1 WHO=world /bin/sh -c echo \"$GREETING $WHO\" > /greeting && mkdir -p /srv # buildkit"
+            })
+        }),
+        "{history}"
+    );
+
+    // The files are in the layers, as runc would see them.
+    let saved = f.home.path().join("hello.tar");
+    ok(&forge(
+        f.home.path(),
+        &[
+            "save",
+            "--format",
+            "oci",
+            "-o",
+            saved.to_str().expect("utf-8"),
+            "hello:1",
+        ],
+    ));
+    let unpacked = TempDir::new("basic-unpack");
+    let layout = unpacked.path().join("layout");
+    std::fs::create_dir_all(&layout).expect("mkdir");
+    let tar = Command::new("tar")
+        .args(["-xf", saved.to_str().expect("utf-8"), "-C"])
+        .arg(&layout)
+        .status()
+        .expect("tar runs");
+    assert!(tar.success());
+    let bundle = unpacked.path().join("bundle");
+    let umoci = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:1", layout.display()))
+        .arg(&bundle)
+        .output()
+        .expect("umoci runs");
+    assert!(
+        umoci.status.success(),
+        "{}",
+        String::from_utf8_lossy(&umoci.stderr)
+    );
+    let root = bundle.join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(root.join("greeting")).expect("greeting"),
+        "hello world\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("srv/app/where")).expect("where"),
+        "/srv/app\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("tmp/uid")).expect("uid"),
+        "65534\n"
+    );
+    // The /etc files bound into the sandbox are not in any layer.
+    assert!(!root.join("etc/hosts").exists());
+    assert!(!root.join("etc/resolv.conf").exists());
+}
+
+#[test]
+fn a_second_build_is_all_cached_and_no_cache_gives_the_same_image() {
+    let f = Fixture::new("cache");
+    f.write_dockerfile(
+        "FROM base\nRUN echo one > /one\nENV A=b\nRUN echo two > /two\nCMD [\"sh\"]\n",
+    );
+    let first = image_id(&f.build(&["-q"]));
+    let second = f.build(&[]);
+    let log = stderr(&second);
+    ok(&second);
+    assert_eq!(log.matches("CACHED").count(), 2, "{log}");
+    assert!(!log.contains(" layer "), "nothing ran: {log}");
+    let again = image_id(&f.build(&["-q"]));
+    assert_eq!(first, again);
+    // Reproducible: running every step again gives the same image, bit for bit.
+    let rebuilt = image_id(&f.build(&["-q", "--no-cache"]));
+    assert_eq!(first, rebuilt);
+    assert!(first.starts_with("sha256:"), "{first}");
+}
+
+#[test]
+fn a_failed_run_names_the_step_command_and_code_and_keeps_earlier_steps() {
+    let f = Fixture::new("fail");
+    f.write_dockerfile(
+        "FROM base\nRUN echo ok > /ok\nRUN echo first line; echo to stderr >&2; exit 3\nRUN echo never\n",
+    );
+    let out = f.build(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("[3/4] RUN echo first line; echo to stderr >&2; exit 3 failed"),
+        "{err}"
+    );
+    assert!(err.contains("exit code: 3"), "{err}");
+    assert!(
+        err.contains("/bin/sh -c 'echo first line; echo to stderr >&2; exit 3'"),
+        "{err}"
+    );
+    assert!(err.contains("| first line"), "{err}");
+    assert!(err.contains("| to stderr"), "{err}");
+    assert!(err.contains("last good step's image ID:"), "{err}");
+    assert!(err.contains("sha256:"), "{err}");
+    assert!(!err.contains("never"), "{err}");
+
+    // Fix the step: the one before it is cached.
+    f.write_dockerfile("FROM base\nRUN echo ok > /ok\nRUN true\nRUN echo done\n");
+    let out = f.build(&[]);
+    let log = stderr(&out);
+    ok(&out);
+    assert!(log.contains("#2 CACHED"), "{log}");
+    assert!(log.contains("#4 done"), "{log}");
+}
+
+#[test]
+fn missing_commands_and_users_are_clear_errors() {
+    let f = Fixture::new("missing");
+    f.write_dockerfile("FROM base\nRUN [\"no-such-program\", \"x\"]\n");
+    let out = f.build(&[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("exit code: 127"), "{err}");
+    assert!(err.contains("no-such-program"), "{err}");
+
+    f.write_dockerfile("FROM base\nUSER ghost\nRUN true\n");
+    let out = f.build(&[]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("ghost"), "{err}");
+
+    f.write_dockerfile("FROM not-in-the-store:1\nRUN true\n");
+    let out = f.build(&[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not-in-the-store"), "{err}");
+    assert!(err.contains("forge import"), "{err}");
+}
+
+#[test]
+fn the_128th_layer_is_refused() {
+    let f = Fixture::new("layers");
+    // The base has one layer; 126 RUNs make 127.
+    let mut text = String::from("FROM base\n");
+    for i in 0..126 {
+        text.push_str(&format!("RUN echo {i} > /f{i}\n"));
+    }
+    f.write_dockerfile(&text);
+    ok(&f.build(&["-t", "many:127"]));
+    let image = f.inspect("many:127");
+    assert_eq!(
+        image["RootFS"]["Layers"].as_array().map(Vec::len),
+        Some(127)
+    );
+    // Every lower layer is visible to a RUN on top of 126 of them.
+    text.push_str("RUN test \"$(echo $(cat /f0 /f125))\" = \"0 125\"\n");
+    text.push_str("RUN echo one-too-many > /last\n");
+    f.write_dockerfile(&text);
+    let out = f.build(&[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("RUN echo one-too-many > /last"), "{err}");
+    assert!(err.contains("at most 127"), "{err}");
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let needle = dir.to_string_lossy().into_owned();
+    mounts
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn ctrl_c_kills_the_sandbox_and_exits_130() {
+    let f = Fixture::new("interrupt");
+    f.write_dockerfile("FROM base\nRUN echo started; sleep 60\n");
+    let ctx = f.context.path().to_str().expect("utf-8");
+    let mut child = forge_cmd(f.home.path(), &["build", "--progress", "plain", ctx])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("forge starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("started") {
+            break;
+        }
+    }
+    assert!(seen.contains("started"), "{seen}");
+    let pid = i32::try_from(child.id()).expect("pid");
+    let sent = Instant::now();
+    Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    let status = child.wait().expect("forge exits");
+    assert_eq!(status.code(), Some(130));
+    assert!(sent.elapsed() < Duration::from_secs(10));
+    // No sleep left over, no mounts left behind, the store is consistent.
+    std::thread::sleep(Duration::from_millis(200));
+    let ps = Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .expect("ps");
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .any(|l| l.trim() == "sleep 60"),
+        "a sandboxed process survived"
+    );
+    assert!(mounts_under(f.home.path()).is_empty());
+    ok(&forge(f.home.path(), &["fsck"]));
+}

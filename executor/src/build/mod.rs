@@ -1,0 +1,573 @@
+//! The build driver: walks a [`BuildGraph`] stage by stage, reuses cached
+//! steps, runs the others (RUN in the sandbox, metadata steps on the config),
+//! and commits every step's result as an image in the store.
+//!
+//! # A step's result
+//!
+//! Every step ends with an image: the stage's config so far (with its history)
+//! and its layers, committed as a config blob (the step's *image ID*) and an OCI
+//! manifest. The step cache maps the step's key (from `forge_graph::key`) to that
+//! manifest, so a later build whose step has the same key takes the image as it
+//! is and runs nothing. A failed step leaves every earlier step committed and
+//! cached; the error names the last good image ID.
+//!
+//! # Layers
+//!
+//! A RUN's layer is the sandbox's overlay upper directory as a tar (whiteouts
+//! and opaque directories converted to OCI's `.wh.` form by the layer writer);
+//! the upper directory itself then becomes the layer's snapshot, the lower dir
+//! of the next RUN. A step whose upper directory is empty makes no layer; its
+//! history entry is `empty_layer`. WORKDIR creates its directory in the sandbox
+//! (owned by the USER in effect, like BuildKit) and so makes a layer only when
+//! the directory did not exist. An image has at most [`MAX_LAYERS`] layers.
+
+mod history;
+mod run;
+mod state;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use forge_cache::image::rfc3339;
+use forge_cache::layer::LayerOptions;
+use forge_cache::store::Store;
+use forge_cache::Sha256Digest;
+use forge_graph::key::{compute_keys, KeyState};
+use forge_graph::BuildGraph;
+use forge_ir::{Base, NetworkMode, Op, Stage, StageId, Step};
+
+pub use history::{command_argv, created_by, go_duration, go_quote};
+pub use run::{NewLayer, Outcome, Runner, SandboxStep, TAIL_LINES};
+pub use state::{Committed, ImageState, Layer};
+
+use crate::sandbox::Network;
+use crate::ExecutorError;
+
+/// The most layers an image may have. overlayfs (and so Docker's overlay2 and
+/// forge's own RUN sandbox) stacks at most 128 directories: the image's layers
+/// plus a container's writable layer. BuildKit builds a 128-layer image that
+/// then fails to run; forge refuses the step that would make the 128th.
+pub const MAX_LAYERS: usize = 127;
+
+/// How to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// forge's own binary: the sandbox is a re-exec of it.
+    pub exe: PathBuf,
+    /// The network of RUN steps that do not say (`--network`).
+    pub network: Network,
+    /// Run every step even when its result is cached (`--no-cache`).
+    pub no_cache: bool,
+    /// How layers are written; `source_date_epoch` is also every `created` time.
+    pub layer: LayerOptions,
+    /// Host name inside RUN sandboxes.
+    pub hostname: String,
+    /// Proxy settings given as build args (`HTTP_PROXY`, `no_proxy`, ...; see
+    /// [`PROXY_ARGS`]): every RUN sees them, declared or not, and they are never
+    /// written to the history or the cache key (BuildKit's rule).
+    pub proxy_env: Vec<(String, String)>,
+}
+
+/// BuildKit's predefined proxy build args.
+pub const PROXY_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// What the build reports as it goes. Called from the build's threads.
+pub trait Reporter: Sync {
+    /// Something happened.
+    fn event(&self, event: Event<'_>);
+}
+
+/// A progress event. `vertex` numbers the build's steps that do work, from 1,
+/// like BuildKit's `#N` (metadata-only steps get none).
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// A step starts (or is looked up in the cache).
+    Started {
+        /// Its number.
+        vertex: usize,
+        /// `[2/5] RUN make` (with the stage name in multi-stage builds).
+        label: &'a str,
+    },
+    /// The step's result came from the cache.
+    Cached {
+        /// Its number.
+        vertex: usize,
+    },
+    /// A line the step's command printed.
+    Output {
+        /// Its number.
+        vertex: usize,
+        /// The line, without its newline.
+        line: &'a str,
+    },
+    /// A step's layer is stored.
+    Layer {
+        /// Its number.
+        vertex: usize,
+        /// Tar entries.
+        entries: u64,
+        /// Uncompressed bytes.
+        bytes: u64,
+        /// From the command's exit to the layer being ready.
+        elapsed: Duration,
+    },
+    /// The step finished.
+    Done {
+        /// Its number.
+        vertex: usize,
+        /// How long it took.
+        elapsed: Duration,
+    },
+}
+
+/// An image the build produced for one of the graph's targets.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    /// The target's name.
+    pub target: String,
+    /// Tags requested for it.
+    pub tags: Vec<String>,
+    /// The committed image.
+    pub committed: Committed,
+}
+
+/// Builds every target of `graph` into `store`.
+///
+/// # Errors
+/// A failed RUN ([`ExecutorError::RunFailed`]), a step forge cannot run yet, a
+/// sandbox or store failure. Steps finished before the error stay committed and
+/// cached.
+pub fn build(
+    graph: &BuildGraph,
+    store: &Store,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> Result<Vec<BuiltImage>, ExecutorError> {
+    let keys = compute_keys(graph, &|_| None);
+    let mut driver = Driver {
+        graph,
+        store,
+        opts,
+        reporter,
+        keys,
+        results: Vec::new(),
+        vertex: 0,
+        last_good: None,
+        multi_stage: graph
+            .ir()
+            .stages
+            .iter()
+            .filter(|s| graph.builds(s.id))
+            .count()
+            > 1,
+    };
+    driver.results = vec![None; graph.ir().stages.len()];
+    for stage in &graph.ir().stages {
+        if graph.builds(stage.id) {
+            let result = driver.build_stage(stage)?;
+            driver.results[stage.id.0] = Some(result);
+        }
+    }
+    let mut built = Vec::new();
+    for target in graph.targets() {
+        let Some(Some((_, committed))) = driver.results.get(target.stage.0) else {
+            return Err(ExecutorError::InvalidImage(format!(
+                "target {} was not built",
+                target.name
+            )));
+        };
+        built.push(BuiltImage {
+            target: target.name.clone(),
+            tags: target.tags.clone(),
+            committed: *committed,
+        });
+    }
+    Ok(built)
+}
+
+struct Driver<'a> {
+    graph: &'a BuildGraph,
+    store: &'a Store,
+    opts: &'a BuildOptions,
+    reporter: &'a dyn Reporter,
+    keys: Vec<KeyState>,
+    /// Per stage: its final state and commit.
+    results: Vec<Option<(ImageState, Committed)>>,
+    vertex: usize,
+    last_good: Option<Sha256Digest>,
+    multi_stage: bool,
+}
+
+/// Whether a step changes the file system (and so gets a progress line).
+fn is_fs_step(op: &Op) -> bool {
+    matches!(op, Op::Run(_) | Op::Copy(_) | Op::Add(_) | Op::Workdir(_))
+}
+
+/// The instruction as written, on one line, for progress labels.
+fn one_line(text: &str) -> String {
+    let joined: Vec<&str> = text.split_whitespace().collect();
+    let line = joined.join(" ");
+    if line.chars().count() > 120 {
+        let cut: String = line.chars().take(117).collect();
+        format!("{cut}...")
+    } else {
+        line
+    }
+}
+
+impl Driver<'_> {
+    fn next_vertex(&mut self, label: &str) -> usize {
+        self.vertex += 1;
+        self.reporter.event(Event::Started {
+            vertex: self.vertex,
+            label,
+        });
+        self.vertex
+    }
+
+    fn key_hex(&self, stage: StageId, index: usize) -> Option<String> {
+        let nodes = self.graph.stage_nodes(stage);
+        // A stage's nodes are its base, then its steps in order.
+        let node = nodes.get(index + 1)?;
+        self.keys.get(node.index())?.key().map(|k| k.hex())
+    }
+
+    fn base_state(&self, stage: &Stage) -> Result<ImageState, ExecutorError> {
+        let mut state = match &stage.base {
+            Base::Scratch => ImageState::scratch(),
+            Base::Stage(id) => match self.results.get(id.0) {
+                Some(Some((state, _))) => state.clone(),
+                _ => {
+                    return Err(ExecutorError::InvalidImage(format!(
+                        "stage {} was not built before the stage that uses it",
+                        self.graph.stage_name(*id)
+                    )))
+                }
+            },
+            Base::Image(image) => {
+                let digest = image.digest.as_deref().ok_or_else(|| {
+                    ExecutorError::InvalidImage(format!(
+                        "base image {} was not resolved",
+                        image.reference
+                    ))
+                })?;
+                let digest: Sha256Digest = digest
+                    .parse()
+                    .map_err(|e| ExecutorError::Store(Box::new(e)))?;
+                ImageState::from_store(self.store, &digest)?
+            }
+        };
+        // Triggers of the base ran as this stage's first steps (the IR has
+        // them); the new image does not inherit them (BuildKit clears them).
+        state.container_config().remove("OnBuild");
+        state.set_env(&stage.initial.env);
+        Ok(state)
+    }
+
+    fn build_stage(&mut self, stage: &Stage) -> Result<(ImageState, Committed), ExecutorError> {
+        let fs_steps = stage.steps.iter().filter(|s| is_fs_step(&s.op)).count();
+        let total = fs_steps + 1;
+        let prefix = if self.multi_stage {
+            format!("{} ", self.graph.stage_name(stage.id))
+        } else {
+            String::new()
+        };
+        let from_label = format!("[{prefix}1/{total}] {}", one_line(&stage.origin.text));
+        let started = Instant::now();
+        let vertex = self.next_vertex(&from_label);
+        let mut state = self.base_state(stage)?;
+        let mut committed = state.commit(self.store, self.opts.layer.source_date_epoch)?;
+        self.reporter.event(Event::Done {
+            vertex,
+            elapsed: started.elapsed(),
+        });
+
+        let mut declared_args: Vec<String> = Vec::new();
+        let mut cmd_set = false;
+        let mut fs_index = 1;
+        for (index, step) in stage.steps.iter().enumerate() {
+            let fs = is_fs_step(&step.op);
+            let vertex = if fs {
+                fs_index += 1;
+                let label = format!(
+                    "[{prefix}{fs_index}/{total}] {}",
+                    one_line(&step.origin.text)
+                );
+                Some(self.next_vertex(&label))
+            } else {
+                None
+            };
+            let started = Instant::now();
+            let run_args = run_args(step, &declared_args);
+            if let Op::Arg(pairs) = &step.op {
+                for (name, _) in pairs {
+                    declared_args.push(name.clone());
+                }
+            }
+            let key = self.key_hex(stage.id, index);
+            let cached = match (&key, self.opts.no_cache) {
+                (Some(key), false) => self
+                    .store
+                    .step_cache_get(key)
+                    .map_err(|e| ExecutorError::Store(Box::new(e)))?,
+                _ => None,
+            };
+            if let Some(manifest) = cached {
+                state = ImageState::from_store(self.store, &manifest)?;
+                committed = state.commit(self.store, self.opts.layer.source_date_epoch)?;
+                if let Some(vertex) = vertex {
+                    self.reporter.event(Event::Cached { vertex });
+                }
+            } else {
+                self.run_step(stage, step, vertex, &run_args, &mut state, &mut cmd_set)?;
+                committed = state.commit(self.store, self.opts.layer.source_date_epoch)?;
+                if let Some(key) = &key {
+                    self.store
+                        .step_cache_put(key, &committed.manifest)
+                        .map_err(|e| ExecutorError::Store(Box::new(e)))?;
+                }
+                if let Some(vertex) = vertex {
+                    self.reporter.event(Event::Done {
+                        vertex,
+                        elapsed: started.elapsed(),
+                    });
+                }
+            }
+            if matches!(step.op, Op::Cmd(_)) {
+                cmd_set = true;
+            }
+            self.last_good = Some(committed.id);
+        }
+        Ok((state, committed))
+    }
+
+    fn run_step(
+        &mut self,
+        stage: &Stage,
+        step: &Step,
+        vertex: Option<usize>,
+        run_args: &[(String, String)],
+        state: &mut ImageState,
+        cmd_set: &mut bool,
+    ) -> Result<(), ExecutorError> {
+        let label = || one_line(&step.origin.text);
+        if !step.deferred.is_empty() {
+            return Err(ExecutorError::InvalidImage(format!(
+                "`{}` uses variables of an unresolved base image",
+                label()
+            )));
+        }
+        let created = rfc3339(self.opts.layer.source_date_epoch);
+        let created_by = created_by(step, run_args);
+        match &step.op {
+            Op::Run(run) => {
+                if !run.mounts.is_empty() || !run.heredocs.is_empty() || run.insecure {
+                    let what = if !run.mounts.is_empty() {
+                        "RUN --mount"
+                    } else if run.insecure {
+                        "RUN --security=insecure"
+                    } else {
+                        "RUN with a heredoc"
+                    };
+                    return Err(ExecutorError::Unsupported {
+                        step: label(),
+                        what: what.to_string(),
+                    });
+                }
+                let argv = command_argv(&run.command, &step.ctx.shell);
+                let network = match run.network {
+                    NetworkMode::Default => self.opts.network,
+                    NetworkMode::None => Network::None,
+                    NetworkMode::Host => Network::Host,
+                };
+                let mut env = run_env(step);
+                for (name, value) in &self.opts.proxy_env {
+                    if !env
+                        .iter()
+                        .any(|kv| kv.split_once('=').is_some_and(|(k, _)| k == name))
+                    {
+                        env.push(format!("{name}={value}"));
+                    }
+                }
+                let sandbox_step = SandboxStep {
+                    argv: argv.clone(),
+                    env,
+                    user: step.ctx.user.clone(),
+                    cwd: step.ctx.workdir.clone(),
+                    workdir_owned_by_user: false,
+                    network,
+                };
+                let layer = self.sandbox(stage, step, vertex, state, &sandbox_step, &argv)?;
+                state.push_history(&created_by, layer.is_none(), &created);
+            }
+            Op::Workdir(dir) => {
+                state.apply_config(&step.op, &step.ctx.shell, cmd_set);
+                let sandbox_step = SandboxStep {
+                    argv: Vec::new(),
+                    env: run_env(step),
+                    user: step.ctx.user.clone(),
+                    cwd: dir.clone(),
+                    workdir_owned_by_user: true,
+                    network: Network::None,
+                };
+                let layer = self.sandbox(stage, step, vertex, state, &sandbox_step, &[])?;
+                state.push_history(&created_by, layer.is_none(), &created);
+            }
+            Op::Copy(_) | Op::Add(_) => {
+                return Err(ExecutorError::Unsupported {
+                    step: label(),
+                    what: if matches!(step.op, Op::Copy(_)) {
+                        "COPY".to_string()
+                    } else {
+                        "ADD".to_string()
+                    },
+                });
+            }
+            op => {
+                state.apply_config(op, &step.ctx.shell, cmd_set);
+                state.push_history(&created_by, true, &created);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a sandbox step and adds its layer (if any) to `state`.
+    fn sandbox(
+        &mut self,
+        stage: &Stage,
+        step: &Step,
+        vertex: Option<usize>,
+        state: &mut ImageState,
+        sandbox_step: &SandboxStep,
+        argv: &[String],
+    ) -> Result<Option<Layer>, ExecutorError> {
+        let runner = Runner {
+            store: self.store,
+            exe: &self.opts.exe,
+            layer: &self.opts.layer,
+            hostname: &self.opts.hostname,
+        };
+        let reporter = self.reporter;
+        let v = vertex.unwrap_or(0);
+        let output = move |line: &str| reporter.event(Event::Output { vertex: v, line });
+        match runner.run(state, sandbox_step, &output)? {
+            Outcome::Done(None) => Ok(None),
+            Outcome::Done(Some(new)) => {
+                if state.layers.len() >= MAX_LAYERS {
+                    return Err(ExecutorError::TooManyLayers {
+                        step: self.step_label(stage, step),
+                        max: MAX_LAYERS,
+                    });
+                }
+                self.reporter.event(Event::Layer {
+                    vertex: v,
+                    entries: new.entries,
+                    bytes: new.bytes,
+                    elapsed: new.elapsed,
+                });
+                state.layers.push(new.layer.clone());
+                Ok(Some(new.layer))
+            }
+            Outcome::Failed { code, tail } => Err(ExecutorError::RunFailed {
+                step: self.step_label(stage, step),
+                command: shell_words(argv),
+                code,
+                tail,
+                last_good: self.last_good.map(|d| d.to_string()),
+            }),
+        }
+    }
+
+    /// `[2/5] RUN make`, as progress showed it.
+    fn step_label(&self, stage: &Stage, step: &Step) -> String {
+        let total = stage.steps.iter().filter(|s| is_fs_step(&s.op)).count() + 1;
+        let position = stage
+            .steps
+            .iter()
+            .take_while(|s| !std::ptr::eq(*s, step))
+            .filter(|s| is_fs_step(&s.op))
+            .count()
+            + 2;
+        let prefix = if self.multi_stage {
+            format!("{} ", self.graph.stage_name(stage.id))
+        } else {
+            String::new()
+        };
+        format!(
+            "[{prefix}{position}/{total}] {}",
+            one_line(&step.origin.text)
+        )
+    }
+}
+
+/// A command line for humans: words with spaces or quotes are quoted.
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|w| {
+            if !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A RUN's environment: the config's `Env`, then the build args declared in the
+/// stage that have a value and are not shadowed by `ENV` (BuildKit's order).
+fn run_env(step: &Step) -> Vec<String> {
+    let mut env: Vec<String> = step
+        .ctx
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for (name, value) in &step.ctx.args {
+        if let Some(value) = value {
+            if !step.ctx.env.iter().any(|(k, _)| k == name) {
+                env.push(format!("{name}={value}"));
+            }
+        }
+    }
+    env
+}
+
+/// The build args a RUN's history shows (`|N name=value ...`): every arg
+/// declared in the stage so far, in declaration order, with its value as the
+/// command sees it (`ENV` wins).
+fn run_args(step: &Step, declared: &[String]) -> Vec<(String, String)> {
+    if !matches!(step.op, Op::Run(_)) {
+        return Vec::new();
+    }
+    declared
+        .iter()
+        .filter(|name| !PROXY_ARGS.contains(&name.as_str()))
+        .map(|name| {
+            let value = step
+                .ctx
+                .env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .or_else(|| step.ctx.args.get(name).cloned().flatten())
+                .unwrap_or_default();
+            (name.clone(), value)
+        })
+        .collect()
+}
