@@ -640,13 +640,35 @@ fn kill_all_ends_a_running_sandbox() -> TestResult {
 }
 
 fn upper_is_empty_after_a_noop() -> TestResult {
+    // With /etc/hosts and /etc/resolv.conf in the image, a no-op leaves nothing.
     let env = Env::new()?;
+    for f in ["hosts", "resolv.conf"] {
+        fs::write(env.root.join("lower/etc").join(f), "").map_err(|e| e.to_string())?;
+    }
     let (code, out, err) = run(&env.spec("true"))?;
     let left: Vec<_> = fs::read_dir(env.upper())
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.file_name()))
         .collect();
     if code != 0 || !left.is_empty() {
+        return Err(format!(
+            "code {code}, upper has {left:?}, stdout {out:?}, stderr {err:?}"
+        ));
+    }
+    Ok(())
+}
+
+fn noop_keeps_only_an_empty_etc_like_buildkit() -> TestResult {
+    // Without them, the mount points' parent stays, empty, as Docker's
+    // BuildKit leaves it; the mount point files themselves never do.
+    let env = Env::new()?;
+    let (code, out, err) = run(&env.spec("true"))?;
+    let left: Vec<_> = fs::read_dir(env.upper())
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    let etc_empty = fs::read_dir(env.upper().join("etc")).is_ok_and(|mut d| d.next().is_none());
+    if code != 0 || left != ["etc"] || !etc_empty {
         return Err(format!(
             "code {code}, upper has {left:?}, stdout {out:?}, stderr {err:?}"
         ));
@@ -777,6 +799,10 @@ const ROOTLESS_CASES: &[Case] = &[
     ("fds_are_closed", fds_are_closed),
     ("upper_is_empty_after_a_noop", upper_is_empty_after_a_noop),
     (
+        "noop_keeps_only_an_empty_etc_like_buildkit",
+        noop_keeps_only_an_empty_etc_like_buildkit,
+    ),
+    (
         "many_lower_dirs_through_short_links",
         many_lower_dirs_through_short_links,
     ),
@@ -879,6 +905,10 @@ fn main() {
         ),
         ("rootless_via_setpriv", rootless_via_setpriv),
         ("upper_is_empty_after_a_noop", upper_is_empty_after_a_noop),
+        (
+            "noop_keeps_only_an_empty_etc_like_buildkit",
+            noop_keeps_only_an_empty_etc_like_buildkit,
+        ),
         ("etc_whiteouts_are_kept", etc_whiteouts_are_kept),
         ("no_mounts_left", no_mounts_left),
     ];

@@ -20,10 +20,11 @@ const OVERLAY_OPAQUE: [&[u8]; 2] = [b"trusted.overlay.opaque", b"user.overlay.op
 pub(crate) enum Item {
     /// A file, directory, link or node on disk.
     Disk(PathBuf, Metadata),
-    /// A whiteout `.wh.NAME` (from an overlay `0:0` device or a deletion).
-    Whiteout,
-    /// A `.wh..wh..opq` marker.
-    Opaque,
+    /// A whiteout `.wh.NAME` (from an overlay `0:0` device or a deletion),
+    /// with the device's owner.
+    Whiteout { uid: u32, gid: u32 },
+    /// A `.wh..wh..opq` marker, with its directory's permission bits and owner.
+    Opaque { mode: u32, uid: u32, gid: u32 },
 }
 
 struct State {
@@ -49,6 +50,21 @@ fn read_err(path: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
     move |source| LayerError::Read {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+fn whiteout_item(device: &Metadata) -> Item {
+    Item::Whiteout {
+        uid: device.uid(),
+        gid: device.gid(),
+    }
+}
+
+fn opaque_item(dir: &Metadata) -> Item {
+    Item::Opaque {
+        mode: dir.mode() & 0o777,
+        uid: dir.uid(),
+        gid: dir.gid(),
     }
 }
 
@@ -91,13 +107,17 @@ fn is_opaque_dir(path: &Path) -> bool {
         .any(|name| matches!(xattr::get(path, OsStr::from_bytes(name)), Ok(Some(v)) if v == b"y"))
 }
 
-fn marker_header<'a>(name: &'a [u8]) -> Header<'a> {
+/// The header of a whiteout or opaque marker: an empty regular file. Modes and
+/// owners are Docker's (its overlay2 driver writes whiteouts as mode 0600 with
+/// the device's owner, opaque markers with their directory's permission bits
+/// and owner), so layers read the same as `docker save`'s.
+fn marker_header(name: &[u8], mode: u32, uid: u32, gid: u32) -> Header<'_> {
     Header {
         name,
         kind: kind::FILE,
-        mode: 0,
-        uid: 0,
-        gid: 0,
+        mode,
+        uid: uid.into(),
+        gid: gid.into(),
         size: 0,
         mtime: 0,
         link: &[],
@@ -209,7 +229,12 @@ fn emit_item(
 ) -> Result<(), LayerError> {
     match item {
         Item::Disk(path, meta) => emit_disk(tw, st, name, path, meta),
-        Item::Whiteout | Item::Opaque => tarfmt::write_header(tw, &marker_header(name)),
+        Item::Whiteout { uid, gid } => {
+            tarfmt::write_header(tw, &marker_header(name, 0o600, *uid, *gid))
+        }
+        Item::Opaque { mode, uid, gid } => {
+            tarfmt::write_header(tw, &marker_header(name, *mode, *uid, *gid))
+        }
     }
 }
 
@@ -229,7 +254,7 @@ pub(crate) fn write_tree(
     }
     let mut st = State::new(opts);
     let mut prefix = Vec::new();
-    walk(tw, &mut st, root, &mut prefix, false)?;
+    walk(tw, &mut st, root, &mut prefix, None)?;
     tarfmt::write_end(tw)
 }
 
@@ -238,7 +263,7 @@ fn walk(
     st: &mut State,
     dir: &Path,
     prefix: &mut Vec<u8>,
-    opaque: bool,
+    opaque: Option<&Metadata>,
 ) -> Result<(), LayerError> {
     let mut children: Vec<(Vec<u8>, Item)> = Vec::new();
     for entry in fs::read_dir(dir).map_err(read_err(dir))? {
@@ -250,7 +275,7 @@ fn walk(
         if is_overlay_whiteout(&meta) {
             let mut key = WHITEOUT_PREFIX.to_vec();
             key.extend_from_slice(name);
-            children.push((key, Item::Whiteout));
+            children.push((key, whiteout_item(&meta)));
             continue;
         }
         let mut key = name.to_vec();
@@ -259,8 +284,8 @@ fn walk(
         }
         children.push((key, Item::Disk(path, meta)));
     }
-    if opaque {
-        children.push((OPAQUE_MARKER.to_vec(), Item::Opaque));
+    if let Some(dir_meta) = opaque {
+        children.push((OPAQUE_MARKER.to_vec(), opaque_item(dir_meta)));
     }
     children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for (key, item) in children {
@@ -269,7 +294,7 @@ fn walk(
         emit_item(tw, st, prefix, &item)?;
         if let Item::Disk(path, meta) = &item {
             if meta.is_dir() {
-                let child_opaque = is_opaque_dir(path);
+                let child_opaque = is_opaque_dir(path).then_some(meta);
                 walk(tw, st, path, prefix, child_opaque)?;
             }
         }
@@ -342,7 +367,7 @@ fn plan_parents(
             if is_opaque_dir(&path) {
                 let mut marker = key.clone();
                 marker.extend_from_slice(OPAQUE_MARKER);
-                plan.insert(marker, Item::Opaque);
+                plan.insert(marker, opaque_item(&meta));
             }
             plan.insert(key, Item::Disk(path, meta));
         }
@@ -383,7 +408,7 @@ pub(crate) fn plan_changes(
                 if is_overlay_whiteout(&meta) {
                     let split = key.iter().rposition(|b| *b == b'/').map_or(0, |i| i + 1);
                     key.splice(split..split, WHITEOUT_PREFIX.iter().copied());
-                    plan.insert(key, Item::Whiteout);
+                    plan.insert(key, whiteout_item(&meta));
                     continue;
                 }
                 let opaque = matches!(change, Change::Opaque(_));
@@ -398,7 +423,7 @@ pub(crate) fn plan_changes(
                     if opaque || is_opaque_dir(&path) {
                         let mut marker = key.clone();
                         marker.extend_from_slice(OPAQUE_MARKER);
-                        plan.insert(marker, Item::Opaque);
+                        plan.insert(marker, opaque_item(&meta));
                     }
                 }
                 plan.insert(key, Item::Disk(path, meta));
@@ -427,7 +452,7 @@ pub(crate) fn plan_changes(
                 }
                 key.extend_from_slice(WHITEOUT_PREFIX);
                 key.extend_from_slice(last.as_bytes());
-                plan.insert(key, Item::Whiteout);
+                plan.insert(key, Item::Whiteout { uid: 0, gid: 0 });
             }
         }
     }

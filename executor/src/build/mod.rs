@@ -16,10 +16,12 @@
 //! A RUN's layer is the sandbox's overlay upper directory as a tar (whiteouts
 //! and opaque directories converted to OCI's `.wh.` form by the layer writer);
 //! the upper directory itself then becomes the layer's snapshot, the lower dir
-//! of the next RUN. A step whose upper directory is empty makes no layer; its
-//! history entry is `empty_layer`. WORKDIR creates its directory in the sandbox
-//! (owned by the USER in effect, like BuildKit) and so makes a layer only when
-//! the directory did not exist. An image has at most [`MAX_LAYERS`] layers.
+//! of the next RUN. WORKDIR creates its directory in the sandbox (owned by the
+//! USER in effect, like BuildKit). Like BuildKit (checked against Docker's
+//! engine by the differential test), a RUN or WORKDIR that changed nothing
+//! still adds a layer, an empty tar, and its history entry is not
+//! `empty_layer`; metadata instructions add `empty_layer` entries. An image
+//! has at most [`MAX_LAYERS`] layers.
 
 mod history;
 mod run;
@@ -408,8 +410,8 @@ impl Driver<'_> {
                     workdir_owned_by_user: false,
                     network,
                 };
-                let layer = self.sandbox(stage, step, vertex, state, &sandbox_step, &argv)?;
-                state.push_history(&created_by, layer.is_none(), &created);
+                self.sandbox(stage, step, vertex, state, &sandbox_step, &argv)?;
+                state.push_history(&created_by, false, &created);
             }
             Op::Workdir(dir) => {
                 state.apply_config(&step.op, &step.ctx.shell, cmd_set);
@@ -421,8 +423,8 @@ impl Driver<'_> {
                     workdir_owned_by_user: true,
                     network: Network::None,
                 };
-                let layer = self.sandbox(stage, step, vertex, state, &sandbox_step, &[])?;
-                state.push_history(&created_by, layer.is_none(), &created);
+                self.sandbox(stage, step, vertex, state, &sandbox_step, &[])?;
+                state.push_history(&created_by, false, &created);
             }
             Op::Copy(_) | Op::Add(_) => {
                 return Err(ExecutorError::Unsupported {
@@ -433,6 +435,10 @@ impl Driver<'_> {
                         "ADD".to_string()
                     },
                 });
+            }
+            Op::Onbuild(_) => {
+                // BuildKit records the trigger in the config only, no history.
+                state.apply_config(&step.op, &step.ctx.shell, cmd_set);
             }
             op => {
                 state.apply_config(op, &step.ctx.shell, cmd_set);
@@ -451,7 +457,7 @@ impl Driver<'_> {
         state: &mut ImageState,
         sandbox_step: &SandboxStep,
         argv: &[String],
-    ) -> Result<Option<Layer>, ExecutorError> {
+    ) -> Result<(), ExecutorError> {
         let runner = Runner {
             store: self.store,
             exe: &self.opts.exe,
@@ -462,8 +468,7 @@ impl Driver<'_> {
         let v = vertex.unwrap_or(0);
         let output = move |line: &str| reporter.event(Event::Output { vertex: v, line });
         match runner.run(state, sandbox_step, &output)? {
-            Outcome::Done(None) => Ok(None),
-            Outcome::Done(Some(new)) => {
+            Outcome::Done(new) => {
                 if state.layers.len() >= MAX_LAYERS {
                     return Err(ExecutorError::TooManyLayers {
                         step: self.step_label(stage, step),
@@ -476,8 +481,8 @@ impl Driver<'_> {
                     bytes: new.bytes,
                     elapsed: new.elapsed,
                 });
-                state.layers.push(new.layer.clone());
-                Ok(Some(new.layer))
+                state.layers.push(new.layer);
+                Ok(())
             }
             Outcome::Failed { code, tail } => Err(ExecutorError::RunFailed {
                 step: self.step_label(stage, step),

@@ -52,8 +52,8 @@ pub struct NewLayer {
 /// How a sandbox step ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Exit 0; the layer, or `None` when nothing changed.
-    Done(Option<NewLayer>),
+    /// Exit 0, and the layer (empty when nothing changed).
+    Done(NewLayer),
     /// A non-zero exit (`128 + n` for signal `n`) and the last lines of output.
     Failed {
         /// The exit code.
@@ -97,15 +97,22 @@ impl Runner<'_> {
     /// extracting any layer not extracted yet.
     fn lower_dirs(&self, state: &ImageState) -> Result<Vec<PathBuf>, ExecutorError> {
         let snapshots = self.store.snapshots();
-        state
-            .layers
-            .iter()
-            .map(|l| {
-                snapshots
+        // overlayfs refuses a directory twice in `lowerdir` (ELOOP), and a layer
+        // can repeat (two RUNs that made the same change, empty layers). Only
+        // the topmost copy matters: a lower copy of the same tree shows nothing
+        // the upper one does not already show or hide.
+        let mut seen = std::collections::HashSet::new();
+        let mut lowers = Vec::new();
+        for l in state.layers.iter().rev() {
+            if seen.insert(l.diff_id) {
+                let link = snapshots
                     .ensure(self.store, &l.diff_id, &l.blob.digest)
-                    .map_err(|e| ExecutorError::Store(Box::new(e)))
-            })
-            .collect()
+                    .map_err(|e| ExecutorError::Store(Box::new(e)))?;
+                lowers.push(link);
+            }
+        }
+        lowers.reverse();
+        Ok(lowers)
     }
 
     /// Runs `step` on top of `state`; `output` gets each line the command prints
@@ -206,13 +213,9 @@ impl Runner<'_> {
         }
         let started = Instant::now();
         let upper = root.join("upper");
-        let empty = fs::read_dir(&upper)
-            .map_err(io("reading", &upper))?
-            .next()
-            .is_none();
-        if empty {
-            return Ok(Outcome::Done(None));
-        }
+        // A step that changed nothing still gets its (empty) layer, as
+        // BuildKit does: the history entry of a RUN or WORKDIR is never
+        // `empty_layer`.
         let mut writer = self
             .store
             .blob_writer()
@@ -228,7 +231,7 @@ impl Runner<'_> {
             .snapshots()
             .adopt(&upper, &info.diff_id)
             .map_err(|e| ExecutorError::Store(Box::new(e)))?;
-        Ok(Outcome::Done(Some(NewLayer {
+        Ok(Outcome::Done(NewLayer {
             layer: Layer {
                 blob: LayerRef {
                     media_type: info.media_type.to_string(),
@@ -240,6 +243,6 @@ impl Runner<'_> {
             entries: info.entries,
             bytes: info.uncompressed_size,
             elapsed: started.elapsed(),
-        })))
+        }))
     }
 }
