@@ -24,8 +24,16 @@
 //! extracts into a fresh directory under the store's temp dir (named after the
 //! process, so [`Store::open`] and [`Store::prune`] remove it once the process is
 //! gone), checks the `diff_id`, makes the tree durable with one `syncfs(2)`,
-//! renames it into place and fsyncs `snapshots/`; [`Snapshots::adopt`] renames
-//! an existing directory in the same way. Of two processes or threads making
+//! renames it into place and fsyncs `snapshots/`. [`Snapshots::adopt`] renames
+//! a RUN's upper directory in *without* flushing it: a `syncfs` there costs
+//! tens of milliseconds per RUN (every file the command wrote goes to disk),
+//! most of the time from a RUN's exit to its layer being ready. Instead, before
+//! the rename, it writes (and fsyncs) a marker `volatile/<hex>` holding the
+//! kernel's boot id. The page cache survives everything but a restart of the
+//! machine, so a snapshot whose marker names the current boot is as good as a
+//! flushed one; after a crash of the machine its marker names another boot, and
+//! [`Snapshots::ensure`] throws the snapshot away and extracts it again from its
+//! blob (blobs are always flushed). Of two processes or threads making
 //! the same snapshot, the second rename fails (the target is a non-empty
 //! directory) and the loser removes its copy; both get the same link. Links are
 //! made as a symlink under a temp name, published with `link(2)` (atomic, and
@@ -109,6 +117,14 @@ fn is_dir(path: &Path) -> Result<bool, CacheError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_err("stat", path)(e)),
     }
+}
+
+/// The kernel's id of this boot (`/proc/sys/kernel/random/boot_id`).
+fn boot_id() -> Result<String, CacheError> {
+    let path = Path::new("/proc/sys/kernel/random/boot_id");
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(io_err("read", path))
 }
 
 /// Flushes the file system holding `path` (all of a tree's files in one call).
@@ -226,14 +242,67 @@ impl Snapshots {
         blob: &Sha256Digest,
     ) -> Result<PathBuf, CacheError> {
         let dest = self.path(diff_id);
+        if is_dir(&dest)? && !self.survived(diff_id)? {
+            // Adopted without a flush before the machine restarted: its
+            // files may be incomplete.
+            self.remove(diff_id)?;
+        }
         if !is_dir(&dest)? {
             self.create_dirs()?;
             let temp = TempDir::create(&self.tmp)?;
             self.extract(store, diff_id, blob, &temp.path)?;
             sync_fs(&temp.path)?;
             self.publish(temp, &dest)?;
+            self.forget_volatile(diff_id)?;
         }
         self.make_link(diff_id)
+    }
+
+    fn volatile_dir(&self) -> PathBuf {
+        self.dir.join("volatile")
+    }
+
+    /// Whether a snapshot that exists can be trusted: it was flushed (no
+    /// marker), or adopted during this boot.
+    fn survived(&self, diff_id: &Sha256Digest) -> Result<bool, CacheError> {
+        let marker = self.volatile_dir().join(diff_id.hex());
+        match fs::read_to_string(&marker) {
+            Ok(boot) => Ok(boot.trim() == boot_id()?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(io_err("read", &marker)(e)),
+        }
+    }
+
+    /// Removes the marker of a snapshot that is now flushed.
+    fn forget_volatile(&self, diff_id: &Sha256Digest) -> Result<(), CacheError> {
+        let marker = self.volatile_dir().join(diff_id.hex());
+        match fs::remove_file(&marker) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &marker)(e)),
+        }
+    }
+
+    /// Writes the boot-id marker of a snapshot about to be adopted unflushed:
+    /// temp file, fsync, rename, fsync of the directory, so the marker is on
+    /// disk before the snapshot's rename can be.
+    fn mark_volatile(&self, diff_id: &Sha256Digest) -> Result<(), CacheError> {
+        let dir = self.volatile_dir();
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let marker = dir.join(diff_id.hex());
+        let temp = self.tmp.join(Store::temp_name("snapshot-mark"));
+        let written = (|| {
+            let mut file = fs::File::create(&temp).map_err(io_err("create", &temp))?;
+            io::Write::write_all(&mut file, boot_id()?.as_bytes())
+                .map_err(io_err("write", &temp))?;
+            file.sync_all().map_err(io_err("fsync", &temp))?;
+            fs::rename(&temp, &marker).map_err(io_err("rename into place", &marker))
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        written?;
+        sync_dir(&dir)
     }
 
     /// Extracts `blob` into `dir`, checking both digests.
@@ -292,7 +361,7 @@ impl Snapshots {
             fs::remove_dir_all(dir).map_err(io_err("remove", dir))?;
         } else {
             self.create_dirs()?;
-            sync_fs(dir)?;
+            self.mark_volatile(diff_id)?;
             match fs::rename(dir, &dest) {
                 Ok(()) => sync_dir(&self.dir)?,
                 Err(e) if target_taken(&e) => {
@@ -393,6 +462,7 @@ impl Snapshots {
             Err(e) => return Err(io_err("rename", &dest)(e)),
         }
         sync_dir(&self.dir)?;
+        self.forget_volatile(diff_id)?;
         fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))?;
         Ok(true)
     }

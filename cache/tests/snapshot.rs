@@ -655,6 +655,8 @@ fn adopt_moves_an_upper_dir_in_or_discards_it() {
     assert_eq!(snapshots.list().expect("list"), [info.diff_id]);
     assert!(snapshots.remove(&info.diff_id).expect("remove"));
     assert!(!snap.exists() && fs::symlink_metadata(&link).is_err());
+    let marker = snapshots.dir().join("volatile").join(info.diff_id.hex());
+    assert!(!marker.exists(), "removed with its snapshot");
     assert!(snapshots.list().expect("list").is_empty());
     assert!(!snapshots.remove(&info.diff_id).expect("remove again"));
     assert!(snapshot_temps(&store).is_empty());
@@ -846,4 +848,48 @@ fn overlay_xattrs_in_a_tar_are_not_restored() {
         names.sort();
         assert_eq!(names, ["user.kept"], "{mode:?}");
     }
+}
+
+#[test]
+fn an_adopted_snapshot_from_another_boot_is_extracted_again() {
+    if !is_root() {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&work.path().join("store")).expect("store");
+    let upper = store.tmp_dir().join(Store::temp_name("run"));
+    fs::create_dir_all(upper.join("d")).expect("mkdir");
+    fs::write(upper.join("d/f"), b"from the run").expect("write");
+    let mut blob = Vec::new();
+    let info = write_dir_layer(&upper, &opts(Compression::Gzip), &mut blob).expect("layer");
+    let blob_digest = store.put_blob(&blob).expect("blob");
+
+    // Adopted without a flush: a marker with this boot's id.
+    let snapshots = store.snapshots();
+    snapshots.adopt(&upper, &info.diff_id).expect("adopt");
+    let marker = snapshots.dir().join("volatile").join(info.diff_id.hex());
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    assert_eq!(
+        fs::read_to_string(&marker).expect("marker").trim(),
+        boot.trim()
+    );
+    let snap = snapshots.path(&info.diff_id);
+    // This boot: the snapshot is used as it is (a file that is not in the
+    // layer shows it was not extracted again).
+    fs::write(snap.join("d/left-by-test"), b"x").expect("write");
+    snapshots
+        .ensure(&store, &info.diff_id, &blob_digest)
+        .expect("ensure");
+    assert!(snap.join("d/left-by-test").exists());
+
+    // As if the machine had crashed and restarted: the snapshot is thrown away
+    // and extracted again from the blob, and is then flushed (no marker).
+    fs::write(&marker, "00000000-0000-0000-0000-000000000000\n").expect("fake boot");
+    fs::write(snap.join("d/f"), b"torn").expect("tear");
+    snapshots
+        .ensure(&store, &info.diff_id, &blob_digest)
+        .expect("ensure");
+    assert_eq!(fs::read(snap.join("d/f")).expect("read"), b"from the run");
+    assert!(!snap.join("d/left-by-test").exists());
+    assert!(!marker.exists());
 }

@@ -3,85 +3,16 @@
 //! made by `scripts/make-rootfs` and imported with `forge import`. (The
 //! comparison with Docker's BuildKit is in `differential.rs`.)
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A fresh temporary directory, removed when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir =
-            std::env::temp_dir().join(format!("forge-build-{}-{n}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The busybox rootfs tarball, made once per test run.
-fn rootfs() -> &'static Path {
-    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
-    ROOTFS.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!(
-            "forge-build-test-rootfs-{}.tar",
-            std::process::id()
-        ));
-        let out = Command::new("bash")
-            .arg(repo().join("scripts/make-rootfs"))
-            .arg(&path)
-            .output()
-            .expect("make-rootfs runs");
-        assert!(
-            out.status.success(),
-            "make-rootfs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        path
-    })
-}
-
-fn forge_cmd(home: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_forge"));
-    cmd.args(args).env("FORGE_HOME", home).env("NO_COLOR", "1");
-    cmd
-}
-
-fn forge(home: &Path, args: &[&str]) -> Output {
-    forge_cmd(home, args).output().expect("forge runs")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{forge, forge_cmd, ok, rootfs, TempDir};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

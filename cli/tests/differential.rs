@@ -14,6 +14,8 @@
 //! A second test runs a forge-built image with tools that are not ours: umoci
 //! unpacks forge's OCI archive and runc runs a command in it.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,15 +26,13 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use common::{forge, utf8, TempDir};
+
 const DOCKERD: &str = "/usr/sbin/dockerd";
 /// Debian's CLI, by path: another docker CLI may come first on PATH.
 const DOCKER: &str = "/usr/bin/docker";
 const BASE: &str = "forge-diff/base:latest";
 const OUT: &str = "/tmp/forge-differential";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/differential")
@@ -55,61 +55,6 @@ fn cases() -> Vec<(String, PathBuf)> {
         .collect();
     cases.sort();
     cases
-}
-
-/// A fresh temporary directory, removed when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir =
-            std::env::temp_dir().join(format!("forge-diff-{}-{n}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The busybox rootfs tarball, made in `dir` (removed with it).
-fn make_rootfs(dir: &Path) -> PathBuf {
-    let path = dir.join("rootfs.tar");
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/make-rootfs"))
-        .arg(&path)
-        .output()
-        .expect("make-rootfs runs");
-    assert!(
-        out.status.success(),
-        "make-rootfs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
-}
-
-fn utf8(path: &Path) -> &str {
-    path.to_str().expect("test paths are UTF-8")
-}
-
-fn forge(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_forge"))
-        .args(args)
-        .env("FORGE_HOME", home)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("forge runs")
 }
 
 /// Runs `cmd` to its end, or kills it (by its id) after `limit`: a hung build fails
@@ -858,8 +803,7 @@ fn buildkit_and_forge_build_the_same_images() {
     let work = TempDir::new("work");
     let home = TempDir::new("home");
     let _ = std::fs::remove_dir_all(OUT);
-    let rootfs = make_rootfs(work.path());
-    let rootfs = utf8(&rootfs);
+    let rootfs = utf8(common::rootfs());
 
     // The base, imported by each tool.
     engine
@@ -924,8 +868,7 @@ fn a_forge_built_image_is_unpacked_by_umoci_and_run_by_runc() {
     let home = TempDir::new("runc-home");
     let work = TempDir::new("runc-work");
     let h = home.path();
-    let rootfs = make_rootfs(work.path());
-    let rootfs = utf8(&rootfs);
+    let rootfs = utf8(common::rootfs());
     ok("forge import", &forge(h, &["import", rootfs, BASE]));
     let dir = cases_dir().join("04-user");
     let dockerfile = dir.join("Dockerfile");
@@ -972,9 +915,6 @@ fn a_forge_built_image_is_unpacked_by_umoci_and_run_by_runc() {
     assert_eq!(spec["process"]["user"]["uid"], 65534, "{}", spec["process"]);
     assert_eq!(spec["process"]["user"]["gid"], 65534, "{}", spec["process"]);
     spec["process"]["terminal"] = serde_json::json!(false);
-    // As root: make-rootfs's root directory is 0700 (a mktemp dir), so nobody could
-    // not even reach /bin/sh (the same under Docker).
-    spec["process"]["user"] = serde_json::json!({"uid": 0, "gid": 0});
     spec["process"]["args"] = serde_json::json!([
         "/bin/sh",
         "-c",
@@ -993,7 +933,7 @@ fn a_forge_built_image_is_unpacked_by_umoci_and_run_by_runc() {
     // The same output as the image BuildKit builds from the same Dockerfile.
     assert_eq!(
         stdout,
-        "uid=0(root) gid=0(root)\n\
+        "uid=65534(nobody) gid=65534(nogroup)\n\
          uid=1000(app) gid=1000(app)\n\
          uid=1001 gid=1002\n\
          1000:1000 755 /home/app\n\

@@ -1,0 +1,94 @@
+//! Helpers shared by the CLI's end-to-end tests: temp dirs, the busybox rootfs
+//! tarball, running the `forge` binary with its own store.
+
+// Each test binary uses a different subset.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A fresh temporary directory, removed when the test ends.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir =
+            std::env::temp_dir().join(format!("forge-test-{}-{n}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Makes the busybox rootfs tarball (`scripts/make-rootfs`) at `path`.
+pub fn make_rootfs(path: &Path) {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/make-rootfs"))
+        .arg(path)
+        .output()
+        .expect("make-rootfs runs");
+    assert!(
+        out.status.success(),
+        "make-rootfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The busybox rootfs tarball, made once per test binary.
+pub fn rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let path =
+            std::env::temp_dir().join(format!("forge-test-rootfs-{}.tar", std::process::id()));
+        make_rootfs(&path);
+        path
+    })
+}
+
+pub fn utf8(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+/// `forge ARGS` with the store at `home`, stdin closed.
+pub fn forge_cmd(home: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_forge"));
+    cmd.args(args)
+        .env("FORGE_HOME", home)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+pub fn forge(home: &Path, args: &[&str]) -> Output {
+    forge_cmd(home, args).output().expect("forge runs")
+}
+
+/// Asserts success (printing both streams otherwise) and returns stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
