@@ -39,7 +39,7 @@
 //!    driver's short `snapshots/l/<16 hex>` links, 127 layers take ~2.2 KiB of
 //!    the kernel's 4095-byte limit on mount data; beyond it `run` fails with
 //!    [`ExecutorError::InvalidSpec`] naming the layer count and length),
-//!    topmost first, `upperdir`, `workdir`, `redirect_dir=off,metacopy=off`
+//!    topmost first, `upperdir`, `workdir`, `redirect_dir=off,metacopy=off,volatile`
 //!    (rootless: `redirect_dir=nofollow,metacopy=off,userxattr`, as the kernel
 //!    refuses `off` with `userxattr`), on `merged_dir`; fresh `/proc`; `/dev` as
 //!    a tmpfs with host `null zero full random urandom tty` bind-mounted, devpts

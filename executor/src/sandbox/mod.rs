@@ -168,6 +168,7 @@ pub fn run(
 ) -> Result<ExitStatus, ExecutorError> {
     let privilege = Privilege::current();
     overlay_options(spec, privilege)?;
+    clear_work_dir(&spec.work_dir)?;
     let envelope = Envelope {
         parent: std::process::id(),
         privilege,
@@ -312,6 +313,54 @@ pub fn kill_all() -> usize {
         }
     }
     live.len()
+}
+
+/// Empties overlayfs's work dir. It is scratch space, but a `volatile` mount
+/// leaves `work/incompat/volatile` in it, and overlayfs then refuses to mount
+/// with it again (EINVAL), as it cannot tell a clean unmount from a crash. The
+/// upper dir is what must survive between mounts, and a clean unmount leaves it
+/// complete.
+fn clear_work_dir(work_dir: &Path) -> Result<(), ExecutorError> {
+    let entries = match std::fs::read_dir(work_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ExecutorError::Io {
+                what: "reading the overlay work dir",
+                path: work_dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            // overlayfs makes `work/work` mode 000: a rootless forge must give
+            // itself access before it can remove what is inside.
+            make_owner_accessible(&path);
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|source| ExecutorError::Io {
+            what: "clearing the overlay work dir",
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// `chmod u+rwx` on `dir` and the directories below it (best effort).
+fn make_owner_accessible(dir: &Path) {
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                make_owner_accessible(&entry.path());
+            }
+        }
+    }
 }
 
 /// Removes `/etc/{hosts,resolv.conf,hostname}` from the upper dir when no lower

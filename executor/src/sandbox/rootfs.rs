@@ -48,7 +48,7 @@ pub struct OverlayMount {
     /// overlay2 trick: the kernel resolves them against the working directory).
     pub dir: PathBuf,
     /// The mount data: `lowerdir=` (topmost first, relative to `dir`),
-    /// absolute `upperdir=` and `workdir=`, `redirect_dir=off,metacopy=off`.
+    /// absolute `upperdir=` and `workdir=`, `redirect_dir=off,metacopy=off,volatile`.
     pub data: String,
 }
 
@@ -130,8 +130,14 @@ pub fn overlay_options(
         Privilege::Root => ("off", ""),
         Privilege::Rootless => ("nofollow", ",userxattr"),
     };
+    // `volatile` (Linux 5.10): no fsync of each copied-up file and no syncfs
+    // at unmount. A RUN that modifies 1,000 lower files otherwise spends about a
+    // second in copy-up fsyncs here. Nothing relies on the upper dir being on
+    // disk: it is a temp dir until the build driver has written its layer blob
+    // (flushed), and the snapshot it becomes is marked unflushed (see
+    // `forge_cache::snapshot`).
     let data = format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir={redirect},metacopy=off{userxattr}",
+        "lowerdir={},upperdir={},workdir={},redirect_dir={redirect},metacopy=off{userxattr},volatile",
         lowers.join(":"),
         absolute(&spec.upper_dir)?,
         absolute(&spec.work_dir)?,

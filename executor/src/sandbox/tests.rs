@@ -51,7 +51,7 @@ fn overlay_options_are_topmost_first_with_safe_flags() -> Result<(), ExecutorErr
         overlay_options(&spec(), Privilege::Root)?,
         OverlayMount {
             dir: p("/s"),
-            data: "lowerdir=l1:base,upperdir=/s/up,workdir=/s/work,redirect_dir=off,metacopy=off"
+            data: "lowerdir=l1:base,upperdir=/s/up,workdir=/s/work,redirect_dir=off,metacopy=off,volatile"
                 .into()
         }
     );
@@ -62,7 +62,7 @@ fn overlay_options_are_topmost_first_with_safe_flags() -> Result<(), ExecutorErr
 fn rootless_overlay_uses_userxattr() -> Result<(), ExecutorError> {
     assert_eq!(
         overlay_options(&spec(), Privilege::Rootless)?.data,
-        "lowerdir=l1:base,upperdir=/s/up,workdir=/s/work,redirect_dir=nofollow,metacopy=off,userxattr"
+        "lowerdir=l1:base,upperdir=/s/up,workdir=/s/work,redirect_dir=nofollow,metacopy=off,userxattr,volatile"
     );
     Ok(())
 }
@@ -109,7 +109,7 @@ fn overlay_options_fit_127_short_links() -> Result<(), ExecutorError> {
     assert!(m
         .data
         .starts_with("lowerdir=000000000000007e:000000000000007d:"));
-    assert!(m.data.ends_with(",redirect_dir=off,metacopy=off"));
+    assert!(m.data.ends_with(",redirect_dir=off,metacopy=off,volatile"));
     Ok(())
 }
 
@@ -204,7 +204,7 @@ fn mount_sequence_is_recorded_in_order() -> Result<(), ExecutorError> {
             "/s/root",
             Some("overlay"),
             MsFlags::empty(),
-            Some("lowerdir=l1:base,upperdir=/s/up,workdir=/s/work,redirect_dir=off,metacopy=off"),
+            Some("lowerdir=l1:base,upperdir=/s/up,workdir=/s/work,redirect_dir=off,metacopy=off,volatile"),
         ),
         Call::MkdirAll(p("/s/root/proc")),
         mount(
