@@ -317,3 +317,43 @@ fn ctrl_c_kills_the_sandbox_and_exits_130() {
     assert!(mounts_under(f.home.path()).is_empty());
     ok(&forge(f.home.path(), &["fsck"]));
 }
+
+/// The lines step `#vertex` printed (without forge's own layer/DONE lines).
+fn step_output(log: &str, vertex: usize) -> Vec<String> {
+    let prefix = format!("#{vertex} ");
+    log.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter(|l| !l.starts_with('[') && !l.starts_with("layer ") && !l.starts_with("DONE"))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn network_none_per_run_and_per_build() {
+    let f = Fixture::new("network");
+    f.write_dockerfile(
+        "FROM base
+         RUN --network=none ip -o link | cut -d: -f2
+         RUN ip -o link | cut -d: -f2
+",
+    );
+    let mut host: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .expect("/sys/class/net")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    host.sort();
+
+    let out = f.build(&[]);
+    let log = stderr(&out);
+    ok(&out);
+    assert_eq!(step_output(&log, 2), ["lo"], "{log}");
+    let mut seen = step_output(&log, 3);
+    seen.sort();
+    assert_eq!(seen, host, "the host's network by default: {log}");
+
+    let out = f.build(&["--network", "none", "--no-cache"]);
+    let log = stderr(&out);
+    ok(&out);
+    assert_eq!(step_output(&log, 2), ["lo"], "{log}");
+    assert_eq!(step_output(&log, 3), ["lo"], "{log}");
+}
