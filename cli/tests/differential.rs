@@ -38,23 +38,8 @@ fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/differential")
 }
 
-/// The case directories, in name order.
 fn cases() -> Vec<(String, PathBuf)> {
-    let mut cases: Vec<(String, PathBuf)> = std::fs::read_dir(cases_dir())
-        .expect("tests/data/differential is readable")
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.join("Dockerfile").is_file())
-        .map(|p| {
-            let name = p
-                .file_name()
-                .expect("a case directory has a name")
-                .to_string_lossy()
-                .into_owned();
-            (name, p)
-        })
-        .collect();
-    cases.sort();
-    cases
+    common::differential_cases()
 }
 
 /// Runs `cmd` to its end, or kills it (by its id) after `limit`: a hung build fails

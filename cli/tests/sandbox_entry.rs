@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Stdio;
 
-use forge_executor::sandbox::{self, EtcFiles, Network, RunSpec};
+use forge_executor::sandbox::{self, EtcFiles, Network, Rootfs, RunSpec};
 
 #[test]
 fn the_forge_binary_enters_the_sandbox() {
@@ -28,9 +28,11 @@ fn the_forge_binary_enters_the_sandbox() {
         std::fs::write(root.join("files").join(name), text).expect("write");
     }
     let spec = RunSpec {
-        lower_dirs: vec![root.join("lower")],
-        upper_dir: root.join("upper"),
-        work_dir: root.join("work"),
+        rootfs: Rootfs::Overlay {
+            lower_dirs: vec![root.join("lower")],
+            upper_dir: root.join("upper"),
+            work_dir: root.join("work"),
+        },
         merged_dir: root.join("merged"),
         argv: vec![
             "/bin/sh".into(),

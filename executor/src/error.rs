@@ -44,6 +44,24 @@ pub enum ExecutorError {
     #[diagnostic(code(forge::executor::sandbox_setup))]
     SandboxSetup(String),
 
+    /// The overlayfs mount of a RUN's rootfs failed (no overlayfs in the kernel,
+    /// an upper dir on a file system overlayfs refuses, no permission in a user
+    /// namespace). The build driver falls back to the copy snapshotter.
+    #[error("overlayfs cannot be mounted: {0}")]
+    #[diagnostic(
+        code(forge::executor::overlay_unavailable),
+        help("set FORGE_SNAPSHOTTER=copy to copy the image for each RUN instead (slower)")
+    )]
+    OverlayUnavailable(String),
+
+    /// `FORGE_SNAPSHOTTER` names no snapshotter forge has.
+    #[error("FORGE_SNAPSHOTTER={0:?} is not a snapshotter")]
+    #[diagnostic(
+        code(forge::executor::unknown_snapshotter),
+        help("use `overlay` (the default: overlayfs, copying only where it cannot be mounted) or `copy`")
+    )]
+    UnknownSnapshotter(String),
+
     /// A system call failed.
     #[error("{what} failed")]
     #[diagnostic(code(forge::executor::syscall))]

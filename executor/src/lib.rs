@@ -84,6 +84,47 @@
 //! absent from the lowers, or unchanged non-opaque copy-ups), so a no-op RUN
 //! leaves an empty upper dir.
 //!
+//! # The copy snapshotter
+//!
+//! Where overlayfs cannot be mounted (no overlay module; an upper dir on a
+//! file system overlayfs refuses, such as overlayfs itself inside a
+//! container; a user namespace on a kernel that refuses it), the overlay
+//! mount fails in step 4 and [`sandbox::run`] returns
+//! [`ExecutorError::OverlayUnavailable`] (the sandbox tags that report; a
+//! missing lower dir, `ENOENT`, stays a [`ExecutorError::SandboxSetup`]). The
+//! build driver ([`build::Runner::run`]) then prints one line, `warning:
+//! overlayfs cannot be mounted here (REASON); RUN steps copy the image instead
+//! (slower)`, remembers it for the rest of the process and runs the step (and
+//! every later one) with a [`sandbox::Rootfs::Directory`]:
+//!
+//! 1. every layer of the image is applied in order from its blob
+//!    ([`forge_cache::layer::extract_layer`], digests checked) into `root` in a
+//!    run directory; hard links of the image are broken (each name gets its
+//!    own copy with the same metadata), as overlayfs's copy-up breaks them;
+//! 2. every entry's identity is recorded: inode, birth time, type, `ctime`,
+//!    mode and owner; then the driver waits until the inode clock has moved
+//!    past the latest `ctime` (it ticks every few milliseconds);
+//! 3. the sandbox bind-mounts `root` (`MS_BIND | MS_REC`) on `merged_dir`
+//!    instead of the overlay, and everything else is as above; `run` removes
+//!    the `/etc` bind targets, `etc`, `dev` and `proc` it created, by the rules
+//!    of the overlay path;
+//! 4. the tree is walked again: new entries and the same object with another
+//!    `ctime`, mode or owner are upserts, a directory that is a new object at
+//!    a path that existed is opaque (with all its content upserted, as
+//!    overlayfs makes a directory created over a whiteout opaque), an entry
+//!    gone is a deletion where its parent directory is still the same object;
+//!    `/etc` is dropped when only the mount points touched it and BuildKit's
+//!    rule would not keep it ([`sandbox::etc_kept`]);
+//! 5. [`forge_cache::layer::write_changes_layer`] writes the layer; nothing is
+//!    adopted as a snapshot (the next step applies blobs again).
+//!
+//! The layers are byte-identical to overlay mode's (a test builds the
+//! differential cases both ways and compares image IDs). The environment
+//! variable `FORGE_SNAPSHOTTER` ([`build::SNAPSHOTTER_ENV`]) chooses:
+//! `overlay` (or unset: overlayfs with the fallback) or `copy` (always copy;
+//! the warning then says so); anything else is
+//! [`ExecutorError::UnknownSnapshotter`].
+//!
 //! **Ctrl-C:** `run` registers each sandbox process in a process-global set
 //! until it has terminated (it waits with `WNOWAIT` and unregisters before
 //! reaping, so a pid in the set is never a recycled one).
@@ -112,6 +153,10 @@
 //!   no rlimits.
 //! - Bind mounts over a lower `/etc/resolv.conf` that is a symlink follow it
 //!   (Docker has the same quirk); `/etc/hosts` etc. are bound read-write.
+//! - Copy mode copies the whole image for every RUN (no snapshot reuse), and
+//!   whiteouts it writes are owned by 0:0 where a rootless overlay's are owned
+//!   by forge's uid. Opening a lower file for writing without writing to it
+//!   copies it up in overlay mode but changes nothing in copy mode.
 //! - The upper dir is left as overlayfs wrote it (whiteouts are `c 0,0`
 //!   devices; opaque dirs carry `trusted.overlay.opaque`, or
 //!   `user.overlay.opaque` rootless): layer making reads it from there.

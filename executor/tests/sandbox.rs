@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use forge_executor::sandbox::{self, EtcFiles, Network, RunSpec, SANDBOX_SUBCOMMAND};
+use forge_executor::sandbox::{self, EtcFiles, Network, Rootfs, RunSpec, SANDBOX_SUBCOMMAND};
 use forge_executor::ExecutorError;
 
 type TestResult = Result<(), String>;
@@ -61,9 +61,11 @@ impl Env {
 
     fn spec(&self, script: &str) -> RunSpec {
         RunSpec {
-            lower_dirs: vec![self.root.join("lower")],
-            upper_dir: self.root.join("upper"),
-            work_dir: self.root.join("work"),
+            rootfs: Rootfs::Overlay {
+                lower_dirs: vec![self.root.join("lower")],
+                upper_dir: self.root.join("upper"),
+                work_dir: self.root.join("work"),
+            },
             merged_dir: self.root.join("merged"),
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
             env: vec!["PATH=/bin".into(), "HOME=/root".into()],
@@ -82,6 +84,12 @@ impl Env {
 
     fn upper(&self) -> PathBuf {
         self.root.join("upper")
+    }
+}
+
+fn set_lower_dirs(spec: &mut RunSpec, lowers: Vec<PathBuf>) {
+    if let Rootfs::Overlay { lower_dirs, .. } = &mut spec.rootfs {
+        *lower_dirs = lowers;
     }
 }
 
@@ -381,7 +389,7 @@ fn many_lower_dirs_through_short_links() -> TestResult {
         lowers.push(link);
     }
     let mut spec = env.spec("ls /layers | wc -l; ls /layers | head -n 1; ls /layers | tail -n 1");
-    spec.lower_dirs = lowers;
+    set_lower_dirs(&mut spec, lowers);
     let (code, out, err) = run(&spec)?;
     if code != 0 || out != "127\nf000\nf126\n" {
         return Err(format!("code {code}, stdout {out:?}, stderr {err:?}"));
@@ -442,6 +450,43 @@ fn etc_files_bound_not_in_layer() -> TestResult {
         if env.upper().join("etc").join(f).symlink_metadata().is_ok() {
             return Err(format!("/etc/{f} left in the upper dir"));
         }
+    }
+    Ok(())
+}
+
+fn directory_rootfs_is_changed_in_place() -> TestResult {
+    let env = Env::new()?;
+    let image = env.root.join("lower");
+    let mut spec = env.spec("echo made > /out && rm /etc/doomed && cat /etc/hosts && echo $$");
+    spec.rootfs = Rootfs::Directory { dir: image.clone() };
+    let (code, out, err) = run(&spec)?;
+    if code != 0 || out != "127.0.0.1 localhost\n10.9.8.7 forge-test-host\n1\n" {
+        return Err(format!("code {code}, stdout {out:?}, stderr {err:?}"));
+    }
+    if fs::read_to_string(image.join("out")).ok().as_deref() != Some("made\n") {
+        return Err("/out was not written to the directory".into());
+    }
+    if image.join("etc/doomed").exists() {
+        return Err("/etc/doomed was not deleted".into());
+    }
+    // The mount points the sandbox made are gone; `etc` stays (it was there).
+    for made in [
+        "etc/hosts",
+        "etc/resolv.conf",
+        "etc/hostname",
+        "dev",
+        "proc",
+    ] {
+        if image.join(made).symlink_metadata().is_ok() {
+            return Err(format!("{made} left in the directory"));
+        }
+    }
+    if fs::read_dir(env.root.join("merged"))
+        .map_err(|e| e.to_string())?
+        .next()
+        .is_some()
+    {
+        return Err("something left in the merged dir".into());
     }
     Ok(())
 }
@@ -543,7 +588,7 @@ fn lower_etc_hosts_is_kept() -> TestResult {
 fn setup_failure_is_an_error() -> TestResult {
     let env = Env::new()?;
     let mut spec = env.spec("echo never");
-    spec.lower_dirs = vec![env.root.join("missing-lower")];
+    set_lower_dirs(&mut spec, vec![env.root.join("missing-lower")]);
     let out = tempfile::tempfile().map_err(|e| e.to_string())?;
     match sandbox::run(
         Path::new("/proc/self/exe"),
@@ -793,6 +838,10 @@ const ROOTLESS_CASES: &[Case] = &[
     ("rootless_user_must_be_root", rootless_user_must_be_root),
     ("rootless_workdir_step", rootless_workdir_step),
     ("etc_files_bound_not_in_layer", etc_files_bound_not_in_layer),
+    (
+        "directory_rootfs_is_changed_in_place",
+        directory_rootfs_is_changed_in_place,
+    ),
     ("network_none_has_lo_up", network_none_has_lo_up),
     ("proc_is_masked", proc_is_masked),
     ("dev_is_minimal", dev_is_minimal),
@@ -890,6 +939,10 @@ fn main() {
         ("written_file_lands_in_upper", written_file_lands_in_upper),
         ("deleted_file_leaves_whiteout", deleted_file_leaves_whiteout),
         ("etc_files_bound_not_in_layer", etc_files_bound_not_in_layer),
+        (
+            "directory_rootfs_is_changed_in_place",
+            directory_rootfs_is_changed_in_place,
+        ),
         ("network_none_has_only_lo", network_none_has_only_lo),
         ("network_none_has_lo_up", network_none_has_lo_up),
         ("proc_is_masked", proc_is_masked),

@@ -83,18 +83,20 @@ fn read_xattrs(path: &Path) -> Result<Xattrs, LayerError> {
     let mut out = Vec::new();
     for name in names {
         let key = name.as_bytes();
-        let value = match xattr::get(path, &name) {
-            Ok(Some(v)) => v,
-            Ok(None) => continue,
-            Err(e) if e.raw_os_error() == Some(nix::libc::ENODATA) => continue,
-            Err(e) => return Err(read_err(path)(e)),
-        };
+        // Skipped before reading their values: overlayfs puts
+        // `trusted.overlay.origin` on every file it copies up.
         if key == b"security.selinux"
             || key.starts_with(b"trusted.overlay.")
             || key.starts_with(b"user.overlay.")
         {
             continue;
         }
+        let value = match xattr::get(path, &name) {
+            Ok(Some(v)) => v,
+            Ok(None) => continue,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENODATA) => continue,
+            Err(e) => return Err(read_err(path)(e)),
+        };
         out.push((key.to_vec(), value));
     }
     out.sort();

@@ -92,3 +92,24 @@ pub fn ok(out: &Output) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The differential test's cases (`tests/data/differential/<name>/Dockerfile`),
+/// in name order: (name, directory).
+pub fn differential_cases() -> Vec<(String, PathBuf)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/differential");
+    let mut cases: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .expect("tests/data/differential is readable")
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.join("Dockerfile").is_file())
+        .map(|p| {
+            let name = p
+                .file_name()
+                .expect("a case directory has a name")
+                .to_string_lossy()
+                .into_owned();
+            (name, p)
+        })
+        .collect();
+    cases.sort();
+    cases
+}

@@ -16,13 +16,18 @@
 //! A RUN's layer is the sandbox's overlay upper directory as a tar (whiteouts
 //! and opaque directories converted to OCI's `.wh.` form by the layer writer);
 //! the upper directory itself then becomes the layer's snapshot, the lower dir
-//! of the next RUN. WORKDIR creates its directory in the sandbox (owned by the
+//! of the next RUN. Where overlayfs cannot be mounted (or with
+//! `FORGE_SNAPSHOTTER=copy`, see [`SNAPSHOTTER_ENV`]), the RUN runs in a copy
+//! of the image instead and the layer is what changed there, byte for byte
+//! the layer overlay mode makes (see the crate docs).
+//! WORKDIR creates its directory in the sandbox (owned by the
 //! USER in effect, like BuildKit). Like BuildKit (checked against Docker's
 //! engine by the differential test), a RUN or WORKDIR that changed nothing
 //! still adds a layer, an empty tar, and its history entry is not
 //! `empty_layer`; metadata instructions add `empty_layer` entries. An image
 //! has at most [`MAX_LAYERS`] layers.
 
+mod copy;
 mod history;
 mod run;
 mod state;
@@ -39,7 +44,7 @@ use forge_graph::BuildGraph;
 use forge_ir::{Base, NetworkMode, Op, Stage, StageId, Step};
 
 pub use history::{command_argv, created_by, go_duration, go_quote};
-pub use run::{NewLayer, Outcome, Runner, SandboxStep, TAIL_LINES};
+pub use run::{NewLayer, Outcome, Runner, SandboxStep, SNAPSHOTTER_ENV, TAIL_LINES};
 pub use state::{Committed, ImageState, Layer};
 
 use crate::sandbox::Network;

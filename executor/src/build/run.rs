@@ -1,20 +1,67 @@
 //! Running one file-system step (RUN, or WORKDIR's directory creation) in the
-//! sandbox, and turning its overlay upper directory into a layer.
+//! sandbox, and turning its overlay upper directory into a layer — or, where
+//! overlayfs cannot be mounted (or `FORGE_SNAPSHOTTER=copy`), running it in a
+//! copy of the image and making the layer from what changed there
+//! ([`super::copy`]).
 
 use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use forge_cache::image::LayerRef;
-use forge_cache::layer::{write_dir_layer, LayerOptions};
+use forge_cache::layer::{
+    extract_layer, write_changes_layer, write_dir_layer, ApplyLimits, Change, ExtractOptions,
+    LayerInfo, LayerOptions, WhiteoutMode,
+};
 use forge_cache::store::Store;
 
+use super::copy;
 use super::state::{ImageState, Layer};
-use crate::sandbox::{self, EtcFiles, Network, RunSpec};
+use crate::sandbox::{self, EtcFiles, Network, Rootfs, RunSpec};
 use crate::ExecutorError;
+
+/// The environment variable that chooses how RUN steps get their root file
+/// system: `overlay` (or unset, or empty; the default) mounts overlayfs over
+/// the layers' snapshots and falls back to copying where that mount fails;
+/// `copy` always copies (slower; for tests, and for hosts where overlayfs
+/// misbehaves).
+pub const SNAPSHOTTER_ENV: &str = "FORGE_SNAPSHOTTER";
+
+/// Set once an overlay mount has failed (or copying was asked for): every
+/// later RUN of the process copies the image.
+static COPY_MODE: AtomicBool = AtomicBool::new(false);
+
+/// Set once the process has warned that RUN steps copy the image.
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Prints the one-line fallback warning, once per process.
+fn warn_copy(reason: &str) {
+    if !WARNED.swap(true, Ordering::SeqCst) {
+        eprintln!("warning: {reason}; RUN steps copy the image instead (slower)");
+    }
+}
+
+/// Whether RUN steps copy the image: [`SNAPSHOTTER_ENV`] says `copy`, or an
+/// overlay mount has failed in this process.
+fn copy_mode() -> Result<bool, ExecutorError> {
+    match std::env::var(SNAPSHOTTER_ENV).as_deref() {
+        Ok("copy") => {
+            warn_copy(&format!("overlayfs is not used ({SNAPSHOTTER_ENV}=copy)"));
+            Ok(true)
+        }
+        Ok("" | "overlay") | Err(std::env::VarError::NotPresent) => {
+            Ok(COPY_MODE.load(Ordering::SeqCst))
+        }
+        Ok(other) => Err(ExecutorError::UnknownSnapshotter(other.to_string())),
+        Err(std::env::VarError::NotUnicode(v)) => Err(ExecutorError::UnknownSnapshotter(
+            v.to_string_lossy().into_owned(),
+        )),
+    }
+}
 
 /// How many lines of a failed command's output the error shows.
 pub const TAIL_LINES: usize = 20;
@@ -92,6 +139,30 @@ fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
+/// How the sandbox ran: its exit code and last lines of output.
+struct Ran {
+    code: i32,
+    tail: Vec<String>,
+}
+
+impl Ran {
+    /// The step's outcome when the command failed.
+    fn failure(self) -> Option<Outcome> {
+        (self.code != 0).then_some(Outcome::Failed {
+            code: self.code,
+            tail: self.tail,
+        })
+    }
+}
+
+fn store_err(e: forge_cache::CacheError) -> ExecutorError {
+    ExecutorError::Store(Box::new(e))
+}
+
+fn layer_err(e: forge_cache::layer::LayerError) -> ExecutorError {
+    ExecutorError::Store(Box::new(e.into()))
+}
+
 impl Runner<'_> {
     /// The overlay lower dirs of `state` (snapshot links, bottom first),
     /// extracting any layer not extracted yet.
@@ -107,7 +178,7 @@ impl Runner<'_> {
             if seen.insert(l.diff_id) {
                 let link = snapshots
                     .ensure(self.store, &l.diff_id, &l.blob.digest)
-                    .map_err(|e| ExecutorError::Store(Box::new(e)))?;
+                    .map_err(store_err)?;
                 lowers.push(link);
             }
         }
@@ -117,22 +188,37 @@ impl Runner<'_> {
 
     /// Runs `step` on top of `state`; `output` gets each line the command prints
     /// (stdout and stderr interleaved), from another thread.
+    ///
+    /// overlayfs first; if it cannot be mounted, a one-line warning and the
+    /// step again in a copy of the image, as every later step of the process
+    /// (see [`SNAPSHOTTER_ENV`]).
     pub fn run(
         &self,
         state: &ImageState,
         step: &SandboxStep,
         output: &(dyn Fn(&str) + Sync),
     ) -> Result<Outcome, ExecutorError> {
-        let mut lower_dirs = self.lower_dirs(state)?;
+        if copy_mode()? {
+            return self.run_copy(state, step, output);
+        }
+        match self.run_overlay(state, step, output) {
+            Err(ExecutorError::OverlayUnavailable(reason)) => {
+                COPY_MODE.store(true, Ordering::SeqCst);
+                warn_copy(&format!("overlayfs cannot be mounted here ({reason})"));
+                self.run_copy(state, step, output)
+            }
+            other => other,
+        }
+    }
+
+    /// A run directory under the store's temp dir with `subdirs` and the
+    /// files bound over `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
+    fn run_dir(&self, subdirs: &[&str]) -> Result<(RunDir, EtcFiles), ExecutorError> {
         let tmp = self.store.tmp_dir();
         let dir = RunDir(tmp.join(Store::temp_name("run")));
         let root = dir.0.clone();
-        for sub in ["upper", "work", "merged", "etc", "empty"] {
+        for sub in subdirs.iter().chain(&["merged", "etc"]) {
             fs::create_dir_all(root.join(sub)).map_err(io("creating", &root))?;
-        }
-        if lower_dirs.is_empty() {
-            // overlayfs needs a lower dir: FROM scratch gets an empty one.
-            lower_dirs.push(root.join("empty"));
         }
         let etc = root.join("etc");
         let etc_files = EtcFiles {
@@ -152,12 +238,19 @@ impl Runner<'_> {
         fs::write(&etc_files.resolv_conf, resolv).map_err(io("writing", &etc_files.resolv_conf))?;
         fs::write(&etc_files.hostname, format!("{}\n", self.hostname))
             .map_err(io("writing", &etc_files.hostname))?;
+        Ok((dir, etc_files))
+    }
 
-        let spec = RunSpec {
-            lower_dirs,
-            upper_dir: root.join("upper"),
-            work_dir: root.join("work"),
-            merged_dir: root.join("merged"),
+    fn spec(
+        &self,
+        rootfs: Rootfs,
+        merged_dir: PathBuf,
+        step: &SandboxStep,
+        etc_files: EtcFiles,
+    ) -> RunSpec {
+        RunSpec {
+            rootfs,
+            merged_dir,
             argv: step.argv.clone(),
             env: step.env.clone(),
             cwd: step.cwd.clone(),
@@ -166,8 +259,15 @@ impl Runner<'_> {
             network: step.network,
             hostname: self.hostname.to_string(),
             etc_files,
-        };
+        }
+    }
 
+    /// Runs the sandbox, passing its output lines to `output`.
+    fn sandbox(
+        &self,
+        spec: &RunSpec,
+        output: &(dyn Fn(&str) + Sync),
+    ) -> Result<Ran, ExecutorError> {
         let (reader, writer) = std::io::pipe().map_err(|source| ExecutorError::Process {
             what: "creating the output pipe",
             source,
@@ -178,60 +278,52 @@ impl Runner<'_> {
                 what: "creating the output pipe",
                 source,
             })?;
-        let (status, tail) = std::thread::scope(|scope| {
-            let lines = scope.spawn(move || {
-                let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
-                let mut reader = BufReader::new(reader);
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match reader.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let line = String::from_utf8_lossy(&buf);
-                            let line = line.trim_end_matches(['\n', '\r']);
-                            output(line);
-                            if tail.len() == TAIL_LINES {
-                                tail.pop_front();
+        let (status, tail): (Result<ExitStatus, ExecutorError>, Vec<String>) =
+            std::thread::scope(|scope| {
+                let lines = scope.spawn(move || {
+                    let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
+                    let mut reader = BufReader::new(reader);
+                    let mut buf = Vec::new();
+                    loop {
+                        buf.clear();
+                        match reader.read_until(b'\n', &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {
+                                let line = String::from_utf8_lossy(&buf);
+                                let line = line.trim_end_matches(['\n', '\r']);
+                                output(line);
+                                if tail.len() == TAIL_LINES {
+                                    tail.pop_front();
+                                }
+                                tail.push_back(line.to_string());
                             }
-                            tail.push_back(line.to_string());
                         }
                     }
-                }
-                Vec::from(tail)
+                    Vec::from(tail)
+                });
+                let status =
+                    sandbox::run(self.exe, spec, Stdio::from(writer), Stdio::from(writer2));
+                // The sandbox (and every process it left) holds the pipe's write end;
+                // once they are gone, the reader sees EOF.
+                let tail = lines.join().unwrap_or_default();
+                (status, tail)
             });
-            let status = sandbox::run(self.exe, &spec, Stdio::from(writer), Stdio::from(writer2));
-            // The sandbox (and every process it left) holds the pipe's write end;
-            // once they are gone, the reader sees EOF.
-            let tail = lines.join().unwrap_or_default();
-            (status, tail)
-        });
-        let status = status?;
-        let code = sandbox::exit_code(status);
-        if code != 0 {
-            return Ok(Outcome::Failed { code, tail });
-        }
-        let started = Instant::now();
-        let upper = root.join("upper");
-        // A step that changed nothing still gets its (empty) layer, as
-        // BuildKit does: the history entry of a RUN or WORKDIR is never
-        // `empty_layer`.
-        let mut writer = self
-            .store
-            .blob_writer()
-            .map_err(|e| ExecutorError::Store(Box::new(e)))?;
-        let info = write_dir_layer(&upper, self.layer, &mut writer)
-            .map_err(|e| ExecutorError::Store(Box::new(e.into())))?;
-        let (digest, size) = writer
-            .commit(Some(&info.digest))
-            .map_err(|e| ExecutorError::Store(Box::new(e)))?;
-        // The upper dir is already in overlay form: it becomes the layer's
-        // snapshot as it is, for the next step's lower dirs.
-        self.store
-            .snapshots()
-            .adopt(&upper, &info.diff_id)
-            .map_err(|e| ExecutorError::Store(Box::new(e)))?;
-        Ok(Outcome::Done(NewLayer {
+        Ok(Ran {
+            code: sandbox::exit_code(status?),
+            tail,
+        })
+    }
+
+    /// Writes a layer blob with `write` and commits it to the store.
+    fn store_layer(
+        &self,
+        started: Instant,
+        write: impl FnOnce(&mut dyn std::io::Write) -> Result<LayerInfo, ExecutorError>,
+    ) -> Result<(NewLayer, LayerInfo), ExecutorError> {
+        let mut writer = self.store.blob_writer().map_err(store_err)?;
+        let info = write(&mut writer)?;
+        let (digest, size) = writer.commit(Some(&info.digest)).map_err(store_err)?;
+        let new = NewLayer {
             layer: Layer {
                 blob: LayerRef {
                     media_type: info.media_type.to_string(),
@@ -243,6 +335,127 @@ impl Runner<'_> {
             entries: info.entries,
             bytes: info.uncompressed_size,
             elapsed: started.elapsed(),
+        };
+        Ok((new, info))
+    }
+
+    /// The step on an overlayfs of the layers' snapshots; the upper dir is the
+    /// layer, then the layer's snapshot.
+    fn run_overlay(
+        &self,
+        state: &ImageState,
+        step: &SandboxStep,
+        output: &(dyn Fn(&str) + Sync),
+    ) -> Result<Outcome, ExecutorError> {
+        let mut lower_dirs = self.lower_dirs(state)?;
+        let (dir, etc_files) = self.run_dir(&["upper", "work", "empty"])?;
+        let root = dir.0.clone();
+        if lower_dirs.is_empty() {
+            // overlayfs needs a lower dir: FROM scratch gets an empty one.
+            lower_dirs.push(root.join("empty"));
+        }
+        let upper = root.join("upper");
+        let rootfs = Rootfs::Overlay {
+            lower_dirs,
+            upper_dir: upper.clone(),
+            work_dir: root.join("work"),
+        };
+        let spec = self.spec(rootfs, root.join("merged"), step, etc_files);
+        if let Some(failed) = self.sandbox(&spec, output)?.failure() {
+            return Ok(failed);
+        }
+        let started = Instant::now();
+        // A step that changed nothing still gets its (empty) layer, as
+        // BuildKit does: the history entry of a RUN or WORKDIR is never
+        // `empty_layer`.
+        let (new, info) = self.store_layer(started, |out| {
+            write_dir_layer(&upper, self.layer, out).map_err(layer_err)
+        })?;
+        // The upper dir is already in overlay form: it becomes the layer's
+        // snapshot as it is, for the next step's lower dirs.
+        self.store
+            .snapshots()
+            .adopt(&upper, &info.diff_id)
+            .map_err(store_err)?;
+        Ok(Outcome::Done(NewLayer {
+            elapsed: started.elapsed(),
+            ..new
         }))
+    }
+
+    /// The step in a copy of the image: every layer applied in order from its
+    /// blob, the tree's identities recorded, the sandbox run on it, and the
+    /// layer written from what changed (see [`super::copy`]). Nothing is
+    /// adopted as a snapshot.
+    fn run_copy(
+        &self,
+        state: &ImageState,
+        step: &SandboxStep,
+        output: &(dyn Fn(&str) + Sync),
+    ) -> Result<Outcome, ExecutorError> {
+        let (dir, etc_files) = self.run_dir(&["root"])?;
+        let root = dir.0.join("root");
+        for layer in &state.layers {
+            self.apply(layer, &root)?;
+        }
+        copy::break_hardlinks(&root)?;
+        let (before, latest) = copy::scan(&root)?;
+        copy::wait_for_clock(&dir.0, latest)?;
+        let rootfs = Rootfs::Directory { dir: root.clone() };
+        let spec = self.spec(rootfs, dir.0.join("merged"), step, etc_files);
+        if let Some(failed) = self.sandbox(&spec, output)?.failure() {
+            return Ok(failed);
+        }
+        let started = Instant::now();
+        let (after, _) = copy::scan(&root)?;
+        let mut changes = copy::changes(&before, &after);
+        // overlay mode drops `/etc` when it was copied up only to hold the
+        // bind mount points (see `sandbox::etc_kept`); here making and
+        // removing them changed its times: drop it the same way.
+        let exists = |rel: &str| before.contains_key(Path::new(rel));
+        if !sandbox::etc_kept(&step.argv, exists) {
+            let etc = Path::new("etc");
+            let touched_only_etc = !changes.iter().any(|c| match c {
+                Change::Upsert(p) | Change::Opaque(p) | Change::Delete(p) => {
+                    p != etc && p.starts_with(etc)
+                }
+            });
+            let unchanged = match (before.get(etc), after.get(etc)) {
+                (Some(was), Some(now)) => was.same_but_times(now),
+                _ => false,
+            };
+            if touched_only_etc && unchanged {
+                changes.retain(|c| *c != Change::Upsert(etc.to_path_buf()));
+            }
+        }
+        let (new, _) = self.store_layer(started, |out| {
+            write_changes_layer(&root, &changes, self.layer, out).map_err(layer_err)
+        })?;
+        Ok(Outcome::Done(new))
+    }
+
+    /// Applies one layer of the image to `root` from its blob, checking the
+    /// blob's digest and the layer's `diff_id`.
+    fn apply(&self, layer: &Layer, root: &Path) -> Result<(), ExecutorError> {
+        let mut reader = self
+            .store
+            .open_blob(&layer.blob.digest)
+            .map_err(store_err)?;
+        let opts = ExtractOptions {
+            limits: ApplyLimits::default(),
+            whiteouts: WhiteoutMode::Apply,
+            hash: true,
+        };
+        let stats = extract_layer(&mut reader, root, &opts).map_err(layer_err)?;
+        // The blob's digest is checked when its reader reaches the end.
+        std::io::copy(&mut reader, &mut std::io::sink())
+            .map_err(|e| layer_err(forge_cache::layer::LayerError::Input(e)))?;
+        match stats.diff_id {
+            Some(actual) if actual == layer.diff_id => Ok(()),
+            actual => Err(store_err(forge_cache::CacheError::DigestMismatch {
+                digest: layer.diff_id,
+                actual: actual.unwrap_or(layer.diff_id),
+            })),
+        }
     }
 }

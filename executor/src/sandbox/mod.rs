@@ -29,6 +29,11 @@ pub use rootfs::{
     overlay_options, setup_rootfs, OverlayMount, DEVICES, MASKED_PATHS, MAX_MOUNT_DATA,
     READONLY_PATHS,
 };
+
+/// How a setup report from the sandbox starts when the overlay mount itself
+/// failed; [`run`] turns such a report into [`ExecutorError::OverlayUnavailable`]
+/// (no other report starts with a control character).
+const OVERLAY_UNAVAILABLE_TAG: &str = "\u{1}overlay-unavailable\u{1}";
 pub use syscall::{Call, RealSyscall, RecordingSyscall, Syscall};
 
 use crate::ExecutorError;
@@ -101,27 +106,48 @@ impl EtcFiles {
     }
 }
 
+/// The root file system a RUN runs in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Rootfs {
+    /// An overlayfs of layer snapshots: what the RUN changes lands in
+    /// `upper_dir`, which becomes the new layer.
+    Overlay {
+        /// Extracted layer snapshots, bottom (base) layer first. Absolute paths
+        /// (symlinks are fine). The sandbox mounts from their deepest common
+        /// parent with relative `lowerdir` names, so many short paths in one
+        /// directory (e.g. `…/snapshots/l/0123456789abcdef` links) fit the
+        /// kernel's one-page limit on mount options (127 layers take about
+        /// 2.2 KiB).
+        lower_dirs: Vec<PathBuf>,
+        /// overlayfs upper dir: becomes the new layer.
+        upper_dir: PathBuf,
+        /// overlayfs work dir (empty, same file system as `upper_dir`).
+        work_dir: PathBuf,
+    },
+    /// A directory that already holds the whole image (the copy snapshotter,
+    /// for hosts where overlayfs cannot be mounted): it is bind-mounted
+    /// (`MS_BIND | MS_REC`) and the RUN changes it in place; the caller finds
+    /// the changes by comparing it with what it was.
+    Directory {
+        /// The prepared root directory, absolute.
+        dir: PathBuf,
+    },
+}
+
 /// Everything the sandbox needs to run one RUN. Serialized to the re-exec'd child.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSpec {
-    /// Extracted layer snapshots, bottom (base) layer first. Absolute paths
-    /// (symlinks are fine). The sandbox mounts from their deepest common parent
-    /// with relative `lowerdir` names, so many short paths in one directory
-    /// (e.g. `…/snapshots/l/0123456789abcdef` links) fit the kernel's one-page
-    /// limit on mount options (127 layers take about 2.2 KiB).
-    pub lower_dirs: Vec<PathBuf>,
-    /// overlayfs upper dir: becomes the new layer.
-    pub upper_dir: PathBuf,
-    /// overlayfs work dir (empty, same file system as `upper_dir`).
-    pub work_dir: PathBuf,
-    /// An empty directory to mount the merged rootfs on (only ever mounted inside
+    /// The root file system: an overlay of snapshots, or a prepared directory.
+    pub rootfs: Rootfs,
+    /// An empty directory to mount the rootfs on (only ever mounted inside
     /// the sandbox's private mount namespace).
     pub merged_dir: PathBuf,
     /// The command, exec form. Shell form is `[shell…, cmd]`, built by the caller.
     /// Empty: nothing is executed; the sandbox builds the rootfs, resolves the
     /// user, creates the working directory and exits 0 (a WORKDIR step: the
     /// upper dir then holds the created directories and their copied-up
-    /// parents).
+    /// parents; a directory rootfs holds them in place).
     pub argv: Vec<String>,
     /// `KEY=value` environment. If it has no `HOME`, the command gets
     /// `HOME=` the user's passwd home directory (or `/`), as with runc.
@@ -153,13 +179,20 @@ pub struct RunSpec {
 /// Parent side: spawns `exe` (normally `/proc/self/exe`) with
 /// [`SANDBOX_SUBCOMMAND`], sends the spec as JSON on its stdin, lets stdout and
 /// stderr through to `stdout`/`stderr`, waits and returns the exit status. The
-/// command's stdin is `/dev/null`. Afterwards, removes from the upper dir the
-/// empty mount-point files the sandbox had to create for the `/etc` binds.
+/// command's stdin is `/dev/null`. Afterwards, removes from the upper dir (or,
+/// for a [`Rootfs::Directory`], from the directory) the empty mount-point files
+/// the sandbox had to create for the `/etc` binds, and the `etc`, `dev` and
+/// `proc` directories it had to create for its mounts when they are left empty
+/// (but `etc` stays where BuildKit keeps it: see the crate docs).
 ///
 /// Exit status: the command's, `128 + n` if killed by signal `n`, 127 if the
 /// command was not found, 126 if it is not executable. If the sandbox could not be
 /// built, the error is [`ExecutorError::SandboxSetup`] (reported back over the
-/// spec socket), never a made-up exit status.
+/// spec socket), never a made-up exit status; if it was the overlay mount
+/// itself that failed (no overlayfs in the kernel, an upper dir on a file
+/// system overlayfs refuses, no permission in a user namespace), it is
+/// [`ExecutorError::OverlayUnavailable`], so that the caller can fall back to
+/// a [`Rootfs::Directory`].
 pub fn run(
     exe: &Path,
     spec: &RunSpec,
@@ -167,8 +200,22 @@ pub fn run(
     stderr: Stdio,
 ) -> Result<ExitStatus, ExecutorError> {
     let privilege = Privilege::current();
-    overlay_options(spec, privilege)?;
-    clear_work_dir(&spec.work_dir)?;
+    let mut existing = Vec::new();
+    match &spec.rootfs {
+        Rootfs::Overlay { work_dir, .. } => {
+            overlay_options(spec, privilege)?;
+            clear_work_dir(work_dir)?;
+        }
+        Rootfs::Directory { dir } => {
+            if !dir.is_absolute() {
+                return Err(ExecutorError::InvalidSpec(format!(
+                    "the root directory must be absolute: {}",
+                    dir.display()
+                )));
+            }
+            existing = existing_mountpoints(dir);
+        }
+    }
     let envelope = Envelope {
         parent: std::process::id(),
         privilege,
@@ -232,11 +279,17 @@ pub fn run(
         .wait()
         .map_err(process_err("waiting for the sandbox"))?;
     let _ = ours.read_to_end(&mut report);
-    remove_etc_mountpoints(spec)?;
+    match &spec.rootfs {
+        Rootfs::Overlay { .. } => remove_etc_mountpoints(spec)?,
+        Rootfs::Directory { dir } => remove_dir_mountpoints(dir, &existing, &spec.argv)?,
+    }
     if let Some(e) = map_error {
         return Err(e);
     }
     let report = String::from_utf8_lossy(&report).into_owned();
+    if let Some(reason) = report.strip_prefix(OVERLAY_UNAVAILABLE_TAG) {
+        return Err(ExecutorError::OverlayUnavailable(reason.to_string()));
+    }
     if !report.is_empty() {
         return Err(ExecutorError::SandboxSetup(report));
     }
@@ -369,14 +422,22 @@ fn make_owner_accessible(dir: &Path) {
 /// `etc`, `dev` and `proc` directories if they are empty leftovers (created as
 /// mount points, or copied up only to hold a mount point).
 fn remove_etc_mountpoints(spec: &RunSpec) -> Result<(), ExecutorError> {
+    let Rootfs::Overlay {
+        lower_dirs,
+        upper_dir,
+        ..
+    } = &spec.rootfs
+    else {
+        return Ok(());
+    };
     let in_lower = |rel: &str| {
-        spec.lower_dirs
+        lower_dirs
             .iter()
             .any(|l| l.join(rel).symlink_metadata().is_ok())
     };
     for (name, _) in spec.etc_files.iter() {
         let rel = format!("etc/{name}");
-        let path = spec.upper_dir.join(&rel);
+        let path = upper_dir.join(&rel);
         let Ok(meta) = path.symlink_metadata() else {
             continue;
         };
@@ -394,14 +455,87 @@ fn remove_etc_mountpoints(spec: &RunSpec) -> Result<(), ExecutorError> {
     // `/etc/hostname` bind, so that stub alone does not keep `/etc`.)
     // A WORKDIR step (empty argv) is a file operation in BuildKit, with no
     // mounts: nothing of `/etc` stays.
-    let etc_kept =
-        !spec.argv.is_empty() && (!in_lower("etc/hosts") || !in_lower("etc/resolv.conf"));
+    let etc_kept = etc_kept(&spec.argv, in_lower);
     for dir in ["etc", "dev", "proc"] {
         if dir == "etc" && etc_kept {
             continue;
         }
-        let path = spec.upper_dir.join(dir);
-        if is_removable_mountpoint_dir(&path, &spec.lower_dirs, dir) {
+        let path = upper_dir.join(dir);
+        if is_removable_mountpoint_dir(&path, lower_dirs, dir) {
+            std::fs::remove_dir(&path).map_err(|source| ExecutorError::Io {
+                what: "removing mount point directory",
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a RUN's layer keeps the `etc` directory (BuildKit's rule, see
+/// `remove_etc_mountpoints`): it runs a command (`argv` not empty) and the
+/// image lacks `/etc/hosts` or `/etc/resolv.conf` (`exists` says, for paths
+/// relative to the root).
+pub fn etc_kept(argv: &[String], exists: impl Fn(&str) -> bool) -> bool {
+    !argv.is_empty() && (!exists("etc/hosts") || !exists("etc/resolv.conf"))
+}
+
+/// The mount points the sandbox may create in a root directory (relative
+/// paths): directories first, then the `/etc` bind targets.
+const MOUNTPOINTS: &[&str] = &[
+    "etc",
+    "dev",
+    "proc",
+    "etc/hosts",
+    "etc/resolv.conf",
+    "etc/hostname",
+];
+
+/// Which of [`MOUNTPOINTS`] exist in `dir` (as anything, symlinks not followed).
+fn existing_mountpoints(dir: &Path) -> Vec<&'static str> {
+    MOUNTPOINTS
+        .iter()
+        .copied()
+        .filter(|rel| dir.join(rel).symlink_metadata().is_ok())
+        .collect()
+}
+
+/// [`Rootfs::Directory`]: removes what the sandbox created in `dir` only to
+/// mount on, as `remove_etc_mountpoints` does for an upper dir: the `/etc`
+/// bind targets that did not exist (if they are still empty regular files),
+/// then `etc`, `dev` and `proc` if they did not exist and are empty (`etc`
+/// stays where [`etc_kept`] says, as it does in overlay mode).
+fn remove_dir_mountpoints(
+    dir: &Path,
+    existing: &[&str],
+    argv: &[String],
+) -> Result<(), ExecutorError> {
+    let existed = |rel: &str| existing.contains(&rel);
+    for rel in ["etc/hosts", "etc/resolv.conf", "etc/hostname"] {
+        let path = dir.join(rel);
+        if existed(rel) {
+            continue;
+        }
+        let Ok(meta) = path.symlink_metadata() else {
+            continue;
+        };
+        if meta.is_file() && meta.len() == 0 {
+            std::fs::remove_file(&path).map_err(|source| ExecutorError::Io {
+                what: "removing bind mount point",
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    let etc_kept = etc_kept(argv, existed);
+    for rel in ["etc", "dev", "proc"] {
+        if existed(rel) || (rel == "etc" && etc_kept) {
+            continue;
+        }
+        let path = dir.join(rel);
+        let empty_dir = path.symlink_metadata().is_ok_and(|m| m.is_dir())
+            && std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none());
+        if empty_dir {
             std::fs::remove_dir(&path).map_err(|source| ExecutorError::Io {
                 what: "removing mount point directory",
                 path: path.clone(),
@@ -465,7 +599,13 @@ pub fn sandbox_main() -> ! {
 /// Reports a setup error to the parent (or to stderr if there is no channel) and
 /// exits with [`SETUP_FAILED_EXIT`].
 fn fail_setup(report: &mut Option<std::fs::File>, e: &ExecutorError) -> ! {
-    fail_setup_with(report, &error_chain(e))
+    match e {
+        // Tagged, so that the parent can tell it from other setup errors.
+        ExecutorError::OverlayUnavailable(reason) => {
+            fail_setup_with(report, &format!("{OVERLAY_UNAVAILABLE_TAG}{reason}"))
+        }
+        e => fail_setup_with(report, &error_chain(e)),
+    }
 }
 
 /// [`fail_setup`] with a message of its own.

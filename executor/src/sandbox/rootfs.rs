@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags};
 
 use super::syscall::Syscall;
-use super::{Privilege, RunSpec};
+use super::{Privilege, Rootfs, RunSpec};
 use crate::ExecutorError;
 
 /// Device nodes bind-mounted from the host's `/dev`.
@@ -78,12 +78,23 @@ fn common_parent(paths: &[PathBuf]) -> PathBuf {
 /// namespace may write) and has `redirect_dir=nofollow` instead of `off` (the
 /// kernel refuses `off` with `userxattr`). Fails with [`ExecutorError::InvalidSpec`] when a
 /// path is relative or holds `,` `:` or a backslash (which the option syntax cannot
-/// carry), or when the data exceeds [`MAX_MOUNT_DATA`] bytes.
+/// carry), when the data exceeds [`MAX_MOUNT_DATA`] bytes, or when the spec's
+/// rootfs is not an overlay.
 pub fn overlay_options(
     spec: &RunSpec,
     privilege: Privilege,
 ) -> Result<OverlayMount, ExecutorError> {
-    if spec.lower_dirs.is_empty() {
+    let Rootfs::Overlay {
+        lower_dirs,
+        upper_dir,
+        work_dir,
+    } = &spec.rootfs
+    else {
+        return Err(ExecutorError::InvalidSpec(
+            "the rootfs is a directory, not an overlay".into(),
+        ));
+    };
+    if lower_dirs.is_empty() {
         return Err(ExecutorError::InvalidSpec(
             "at least one lower dir is needed".into(),
         ));
@@ -108,15 +119,14 @@ pub fn overlay_options(
         }
         utf8(p)
     };
-    if let Some(l) = spec.lower_dirs.iter().find(|l| !l.is_absolute()) {
+    if let Some(l) = lower_dirs.iter().find(|l| !l.is_absolute()) {
         return Err(ExecutorError::InvalidSpec(format!(
             "overlay paths must be absolute: {}",
             l.display()
         )));
     }
-    let dir = common_parent(&spec.lower_dirs);
-    let lowers = spec
-        .lower_dirs
+    let dir = common_parent(lower_dirs);
+    let lowers = lower_dirs
         .iter()
         .rev()
         .map(|p| match p.strip_prefix(&dir) {
@@ -139,18 +149,31 @@ pub fn overlay_options(
     let data = format!(
         "lowerdir={},upperdir={},workdir={},redirect_dir={redirect},metacopy=off{userxattr},volatile",
         lowers.join(":"),
-        absolute(&spec.upper_dir)?,
-        absolute(&spec.work_dir)?,
+        absolute(upper_dir)?,
+        absolute(work_dir)?,
     );
     if data.len() > MAX_MOUNT_DATA {
         return Err(ExecutorError::InvalidSpec(format!(
             "the overlay mount options for {} layers are {} bytes long, over the kernel's \
              limit of {MAX_MOUNT_DATA} (pass lower dirs as short paths in one directory)",
-            spec.lower_dirs.len(),
+            lower_dirs.len(),
             data.len()
         )));
     }
     Ok(OverlayMount { dir, data })
+}
+
+/// A failed overlay mount as [`ExecutorError::OverlayUnavailable`], except a
+/// missing lower, upper or work dir (`ENOENT`, `ENOTDIR`): that is a broken
+/// spec, not a host without overlayfs.
+fn overlay_unavailable(e: ExecutorError) -> ExecutorError {
+    match e {
+        ExecutorError::Sys {
+            source: nix::Error::ENOENT | nix::Error::ENOTDIR,
+            ..
+        } => e,
+        e => ExecutorError::OverlayUnavailable(super::error_chain(&e)),
+    }
 }
 
 /// `root` joined with an absolute in-container path.
@@ -162,9 +185,13 @@ fn under(root: &Path, path: &str) -> PathBuf {
 /// sandbox's own mount namespace, after `unshare` and the fork into the new PID
 /// namespace (so the fresh `/proc` is that namespace's).
 ///
-/// Order: `/` rprivate → `chdir` to the lowers' parent → overlay → `/proc` → `/dev` (tmpfs, device binds, devpts,
-/// shm, links) → etc files → pivot_root → detach old root → masked and read-only
-/// paths.
+/// Order: `/` rprivate → `chdir` to the lowers' parent → overlay (a
+/// [`Rootfs::Directory`]: a recursive bind mount of it instead) → `/proc` →
+/// `/dev` (tmpfs, device binds, devpts, shm, links) → etc files → pivot_root →
+/// detach old root → masked and read-only paths.
+///
+/// A failed overlay mount is [`ExecutorError::OverlayUnavailable`], so that
+/// the build driver can fall back to a directory rootfs.
 pub fn setup_rootfs(
     sys: &dyn Syscall,
     spec: &RunSpec,
@@ -182,16 +209,30 @@ pub fn setup_rootfs(
         None,
     )?;
 
-    // Relative lowerdir names are resolved against the working directory.
-    let overlay = overlay_options(spec, privilege)?;
-    sys.chdir(&overlay.dir)?;
-    sys.mount(
-        Some(Path::new("overlay")),
-        root,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(&overlay.data),
-    )?;
+    match &spec.rootfs {
+        Rootfs::Overlay { .. } => {
+            // Relative lowerdir names are resolved against the working directory.
+            let overlay = overlay_options(spec, privilege)?;
+            sys.chdir(&overlay.dir)?;
+            sys.mount(
+                Some(Path::new("overlay")),
+                root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&overlay.data),
+            )
+            .map_err(overlay_unavailable)?;
+        }
+        Rootfs::Directory { dir } => {
+            sys.mount(
+                Some(dir),
+                root,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+        }
+    }
 
     let proc_dir = under(root, "/proc");
     sys.mkdir_all(&proc_dir)?;

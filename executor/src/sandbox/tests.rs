@@ -6,9 +6,11 @@ use super::*;
 
 fn spec() -> RunSpec {
     RunSpec {
-        lower_dirs: vec!["/s/base".into(), "/s/l1".into()],
-        upper_dir: "/s/up".into(),
-        work_dir: "/s/work".into(),
+        rootfs: Rootfs::Overlay {
+            lower_dirs: vec!["/s/base".into(), "/s/l1".into()],
+            upper_dir: "/s/up".into(),
+            work_dir: "/s/work".into(),
+        },
         merged_dir: "/s/root".into(),
         argv: vec!["/bin/sh".into(), "-c".into(), "true".into()],
         env: vec!["PATH=/bin".into()],
@@ -22,6 +24,18 @@ fn spec() -> RunSpec {
             resolv_conf: "/p/resolv".into(),
             hostname: "/p/hostname".into(),
         },
+    }
+}
+
+/// The overlay's lower, upper and work dirs of a spec.
+fn overlay(s: &mut RunSpec) -> (&mut Vec<PathBuf>, &mut PathBuf, &mut PathBuf) {
+    match &mut s.rootfs {
+        Rootfs::Overlay {
+            lower_dirs,
+            upper_dir,
+            work_dir,
+        } => (lower_dirs, upper_dir, work_dir),
+        Rootfs::Directory { .. } => panic!("not an overlay spec"),
     }
 }
 
@@ -70,7 +84,7 @@ fn rootless_overlay_uses_userxattr() -> Result<(), ExecutorError> {
 #[test]
 fn overlay_lowers_are_relative_to_their_deepest_common_parent() -> Result<(), ExecutorError> {
     let mut s = spec();
-    s.lower_dirs = vec![
+    *overlay(&mut s).0 = vec![
         "/a/b/c/one".into(),
         "/a/b/d/two".into(),
         "/a/b/three".into(),
@@ -82,12 +96,12 @@ fn overlay_lowers_are_relative_to_their_deepest_common_parent() -> Result<(), Ex
         "{}",
         m.data
     );
-    s.lower_dirs = vec!["/x/one".into(), "/y/two".into()];
+    *overlay(&mut s).0 = vec!["/x/one".into(), "/y/two".into()];
     let m = overlay_options(&s, Privilege::Root)?;
     assert_eq!(m.dir, p("/"));
     assert!(m.data.starts_with("lowerdir=y/two:x/one,"), "{}", m.data);
     // A ':' in the common parent is harmless: it is not in the options.
-    s.lower_dirs = vec!["/x:y/one".into()];
+    *overlay(&mut s).0 = vec!["/x:y/one".into()];
     assert!(overlay_options(&s, Privilege::Root)?
         .data
         .starts_with("lowerdir=one,"));
@@ -98,9 +112,9 @@ fn overlay_lowers_are_relative_to_their_deepest_common_parent() -> Result<(), Ex
 fn overlay_options_fit_127_short_links() -> Result<(), ExecutorError> {
     let links = "/root/.local/share/forge/forge/v1/snapshots/l";
     let mut s = spec();
-    s.upper_dir = "/root/.local/share/forge/forge/v1/tmp/run-0123456789abcdef/upper".into();
-    s.work_dir = "/root/.local/share/forge/forge/v1/tmp/run-0123456789abcdef/work".into();
-    s.lower_dirs = (0..127)
+    *overlay(&mut s).1 = "/root/.local/share/forge/forge/v1/tmp/run-0123456789abcdef/upper".into();
+    *overlay(&mut s).2 = "/root/.local/share/forge/forge/v1/tmp/run-0123456789abcdef/work".into();
+    *overlay(&mut s).0 = (0..127)
         .map(|i| PathBuf::from(format!("{links}/{i:016x}")))
         .collect();
     let m = overlay_options(&s, Privilege::Root)?;
@@ -117,7 +131,7 @@ fn overlay_options_fit_127_short_links() -> Result<(), ExecutorError> {
 fn overlay_options_too_long_is_a_clear_error() {
     let mut s = spec();
     // Different parents: no short relative names.
-    s.lower_dirs = (0..127)
+    *overlay(&mut s).0 = (0..127)
         .map(|i| {
             PathBuf::from(format!(
                 "/snapshots/{i:04}/a-long-directory-name-of-a-layer-snapshot"
@@ -168,19 +182,19 @@ fn make_workdir_creates_0755_and_leaves_existing_dirs() -> Result<(), Box<dyn st
 #[test]
 fn overlay_options_reject_bad_paths() {
     let mut s = spec();
-    s.lower_dirs.push("/a:b".into());
+    overlay(&mut s).0.push("/a:b".into());
     assert!(matches!(
         overlay_options(&s, Privilege::Root),
         Err(ExecutorError::InvalidSpec(_))
     ));
     let mut s = spec();
-    s.upper_dir = "relative".into();
+    *overlay(&mut s).1 = "relative".into();
     assert!(matches!(
         overlay_options(&s, Privilege::Root),
         Err(ExecutorError::InvalidSpec(_))
     ));
     let mut s = spec();
-    s.lower_dirs.clear();
+    overlay(&mut s).0.clear();
     assert!(matches!(
         overlay_options(&s, Privilege::Root),
         Err(ExecutorError::InvalidSpec(_))
@@ -358,6 +372,168 @@ fn mount_sequence_is_recorded_in_order() -> Result<(), ExecutorError> {
     Ok(())
 }
 
+fn directory_spec() -> RunSpec {
+    RunSpec {
+        rootfs: Rootfs::Directory {
+            dir: "/s/image".into(),
+        },
+        ..spec()
+    }
+}
+
+#[test]
+fn a_directory_rootfs_is_bind_mounted_then_set_up_as_an_overlay_is() -> Result<(), ExecutorError> {
+    let overlay = RecordingSyscall::new(&[], &[]);
+    setup_rootfs(&overlay, &spec(), Privilege::Root)?;
+    let dir = RecordingSyscall::new(&[], &[]);
+    setup_rootfs(&dir, &directory_spec(), Privilege::Root)?;
+    let (overlay, dir) = (overlay.calls(), dir.calls());
+    assert_eq!(
+        dir[..2],
+        [
+            mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None),
+            mount(
+                Some("/s/image"),
+                "/s/root",
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None
+            ),
+        ]
+    );
+    // Then everything as for an overlay (which also has a chdir and its mount).
+    assert_eq!(dir[2..], overlay[3..]);
+    assert_eq!(
+        overlay_options(&directory_spec(), Privilege::Root)
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string()),
+        Some("invalid run spec: the rootfs is a directory, not an overlay".to_string())
+    );
+    Ok(())
+}
+
+/// A [`RecordingSyscall`] whose overlay mounts fail.
+struct NoOverlay(RecordingSyscall);
+
+impl Syscall for NoOverlay {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), ExecutorError> {
+        if fstype == Some("overlay") {
+            return Err(ExecutorError::Sys {
+                what: format!("mount {}", target.display()),
+                source: nix::Error::ENODEV,
+            });
+        }
+        self.0.mount(source, target, fstype, flags, data)
+    }
+    fn umount2(&self, target: &Path, flags: MntFlags) -> Result<(), ExecutorError> {
+        self.0.umount2(target, flags)
+    }
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), ExecutorError> {
+        self.0.pivot_root(new_root, put_old)
+    }
+    fn chdir(&self, path: &Path) -> Result<(), ExecutorError> {
+        self.0.chdir(path)
+    }
+    fn mkdir_all(&self, path: &Path) -> Result<(), ExecutorError> {
+        self.0.mkdir_all(path)
+    }
+    fn create_file(&self, path: &Path) -> Result<(), ExecutorError> {
+        self.0.create_file(path)
+    }
+    fn symlink(&self, target: &Path, link: &Path) -> Result<(), ExecutorError> {
+        self.0.symlink(target, link)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.0.exists(path)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        self.0.is_dir(path)
+    }
+}
+
+#[test]
+fn a_failed_overlay_mount_is_overlay_unavailable() {
+    let sys = NoOverlay(RecordingSyscall::new(&[], &[]));
+    match setup_rootfs(&sys, &spec(), Privilege::Root) {
+        Err(ExecutorError::OverlayUnavailable(reason)) => {
+            assert!(reason.contains("ENODEV"), "{reason}");
+        }
+        other => panic!("expected OverlayUnavailable, got {other:?}"),
+    }
+    // A directory rootfs mounts no overlay.
+    assert!(setup_rootfs(&sys, &directory_spec(), Privilege::Root).is_ok());
+}
+
+#[test]
+fn directory_mount_points_the_sandbox_made_are_removed() -> Result<(), Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("etc"))?;
+    std::fs::write(dir.join("etc/hostname"), "")?;
+    let existing = existing_mountpoints(dir);
+    assert_eq!(existing, ["etc", "etc/hostname"]);
+    // What the sandbox makes: the other stubs, /dev and /proc.
+    for f in ["etc/hosts", "etc/resolv.conf"] {
+        std::fs::write(dir.join(f), "")?;
+    }
+    std::fs::create_dir_all(dir.join("dev"))?;
+    std::fs::create_dir_all(dir.join("proc"))?;
+    remove_dir_mountpoints(dir, &existing, &["true".to_string()])?;
+    let mut left: Vec<String> = walk_names(dir);
+    left.sort();
+    assert_eq!(left, ["etc", "etc/hostname"]);
+    // No /etc at all: a RUN keeps the directory it made (BuildKit's rule), a
+    // WORKDIR step does not.
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    for (argv, kept) in [(vec!["true".to_string()], true), (Vec::new(), false)] {
+        let existing = existing_mountpoints(dir);
+        for f in ["etc/hosts", "etc/resolv.conf", "etc/hostname"] {
+            std::fs::create_dir_all(dir.join("etc"))?;
+            std::fs::write(dir.join(f), "")?;
+        }
+        remove_dir_mountpoints(dir, &existing, &argv)?;
+        assert_eq!(dir.join("etc").is_dir(), kept, "{argv:?}");
+        assert!(!dir.join("etc/hosts").exists());
+        let _ = std::fs::remove_dir(dir.join("etc"));
+    }
+    Ok(())
+}
+
+fn walk_names(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.path().is_dir() {
+            for sub in walk_names(&e.path()) {
+                out.push(format!("{name}/{sub}"));
+            }
+        }
+        out.push(name);
+    }
+    out
+}
+
+#[test]
+fn a_directory_spec_round_trips_through_json() -> Result<(), serde_json::Error> {
+    let s = directory_spec();
+    let json = serde_json::to_string(&s)?;
+    assert!(
+        json.contains(r#""rootfs":{"kind":"directory","dir":"/s/image"}"#),
+        "{json}"
+    );
+    assert_eq!(serde_json::from_str::<RunSpec>(&json)?, s);
+    Ok(())
+}
+
 #[test]
 fn spec_round_trips_through_json() -> Result<(), serde_json::Error> {
     let mut s = spec();
@@ -395,7 +571,7 @@ fn run_accepts_empty_argv() {
 #[test]
 fn run_rejects_bad_overlay_options_before_spawning() {
     let mut s = spec();
-    s.lower_dirs = vec!["relative".into()];
+    *overlay(&mut s).0 = vec!["relative".into()];
     let r = run(
         Path::new("/nonexistent"),
         &s,
