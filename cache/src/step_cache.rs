@@ -7,7 +7,15 @@
 //!
 //! ```text
 //! forge/v1/cache/<key hex>      the manifest digest, `sha256:<hex>\n`
+//! forge/v1/records/<slot hex>   the last recipe record of a step position (JSON)
 //! ```
+//!
+//! A *record* is what the build last saw as the inputs of the step at one
+//! position of one build file (the slot: a hash of the context, the file, the
+//! stage and the step's index, made by the executor). `--explain-cache`
+//! compares a step that missed with its slot's record to say which input
+//! changed. Records are overwritten by every build and never needed for
+//! correctness.
 //!
 //! Entries are written like everything else in the store (temp file, fsync,
 //! rename, fsync of the directory) and only after every blob the manifest names
@@ -95,5 +103,43 @@ impl Store {
             .filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
             .filter_map(|t| t.trim().parse().ok())
             .collect()
+    }
+
+    fn step_record_path(&self, slot_hex: &str) -> Result<PathBuf, CacheError> {
+        if slot_hex.len() != 64 || !slot_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CacheError::InvalidDigest {
+                text: slot_hex.to_string(),
+                reason: "a step record slot is 64 hex digits",
+            });
+        }
+        Ok(self.forge_dir().join("records").join(slot_hex))
+    }
+
+    /// The record last stored for `slot_hex`, if any (unreadable: `None`).
+    ///
+    /// # Errors
+    /// A malformed slot.
+    pub fn step_record_get(&self, slot_hex: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        let path = self.step_record_path(slot_hex)?;
+        Ok(fs::read(path).ok())
+    }
+
+    /// Stores the record of `slot_hex` (atomically replacing the last one).
+    ///
+    /// # Errors
+    /// A malformed slot or a failed write.
+    pub fn step_record_put(&self, slot_hex: &str, record: &[u8]) -> Result<(), CacheError> {
+        let path = self.step_record_path(slot_hex)?;
+        let dir = self.forge_dir().join("records");
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        // Temp file and rename, but no fsync: a record only explains, and one
+        // lost in a crash reads back as garbage or nothing, which is "no
+        // record". Each fsync would cost every step a journal commit.
+        let temp = self.tmp_dir().join(Store::temp_name("record"));
+        fs::write(&temp, record).map_err(io_err("write", &temp))?;
+        fs::rename(&temp, &path).map_err(|e| {
+            let _ = fs::remove_file(&temp);
+            io_err("rename into place", &path)(e)
+        })
     }
 }

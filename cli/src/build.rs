@@ -265,6 +265,73 @@ fn install_interrupt_handler() {
     });
 }
 
+/// A context read from standard input, removed when dropped.
+struct StdinContext(PathBuf);
+
+impl StdinContext {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for StdinContext {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Reads standard input into a fresh directory under the store's temp dir: a
+/// tar archive (plain, gzip, bzip2, xz or zstd) is unpacked there, with the same
+/// safety checks as a layer (nothing may land outside the directory); anything
+/// else is taken as the Dockerfile of an empty context (`docker build - <
+/// Dockerfile`), which needs `may_be_dockerfile` (no `-f`).
+fn read_stdin_context(store: &Store, may_be_dockerfile: bool) -> Result<StdinContext, Failure> {
+    use std::io::Read;
+    let env_err = |what: &str, e: &dyn std::fmt::Display| Failure {
+        report: miette::miette!("cannot {what}: {e}"),
+        code: 2,
+    };
+    let dir = StdinContext(store.tmp_dir().join(Store::temp_name("context")));
+    std::fs::create_dir_all(dir.path()).map_err(|e| env_err("create the context directory", &e))?;
+    let mut head = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(512)
+        .read_to_end(&mut head)
+        .map_err(|e| env_err("read standard input", &e))?;
+    let compressed =
+        forge_cache::layer::detect(&head) != forge_cache::layer::DetectedCompression::None;
+    let is_tar = head.len() >= 262 && &head[257..262] == b"ustar";
+    if !compressed && !is_tar {
+        if !may_be_dockerfile {
+            return Err(crate::usage(
+                "standard input is not a tar archive",
+                "`forge build -` reads the context as a tar (plain or compressed), or a Dockerfile when there is no -f",
+            ));
+        }
+        let mut text = head;
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut text)
+            .map_err(|e| env_err("read standard input", &e))?;
+        std::fs::write(dir.path().join("Dockerfile"), text)
+            .map_err(|e| env_err("write the Dockerfile", &e))?;
+        return Ok(dir);
+    }
+    let input = std::io::Cursor::new(head).chain(std::io::stdin());
+    let mut tar = forge_cache::layer::decompress(input).map_err(|e| Failure {
+        report: miette::Report::new(forge_cache::CacheError::from(e)),
+        code: 1,
+    })?;
+    forge_cache::layer::apply_layer(&mut tar, dir.path(), &Default::default()).map_err(|e| {
+        Failure {
+            report: miette::Report::new(forge_cache::CacheError::from(e)),
+            code: 1,
+        }
+    })?;
+    Ok(dir)
+}
+
 pub fn build(args: &BuildArgs) -> Result<(), Failure> {
     if let Some(platform) = &args.platform {
         let host = forge_frontend::lower::host_platform_string();
@@ -277,7 +344,26 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
     }
     let store = open_store()?;
     let resolver = StoreResolver { store: &store };
-    let (ir, targets) = lower_input_with(&args.input, &resolver)?;
+    // `forge build -`: the context (a tar, maybe compressed) or a lone
+    // Dockerfile on standard input, as with docker.
+    if args.input.context.as_os_str() == "-"
+        && args.input.file.as_deref() == Some(std::path::Path::new("-"))
+    {
+        return Err(crate::usage(
+            "the context and the Dockerfile cannot both come from standard input",
+            "give one of them as a path",
+        ));
+    }
+    let stdin_context = if args.input.context.as_os_str() == "-" {
+        Some(read_stdin_context(&store, args.input.file.is_none())?)
+    } else {
+        None
+    };
+    let mut input = args.input.clone();
+    if let Some(dir) = &stdin_context {
+        input.context = dir.path().to_path_buf();
+    }
+    let (ir, targets) = lower_input_with(&input, &resolver)?;
     let host = forge_frontend::lower::host_platform_string();
     for stage in &ir.stages {
         if let Some(p) = &stage.platform {

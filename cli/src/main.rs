@@ -69,9 +69,10 @@ enum DebugCommand {
 }
 
 /// Which build file, and how to lower it.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct InputArgs {
-    /// The build context directory (also where `Dockerfile` or `forge.toml` is looked for).
+    /// The build context directory (also where `Dockerfile` or `forge.toml` is
+    /// looked for); `-` reads a tar of it, or a lone Dockerfile, from standard input.
     #[arg(default_value = ".")]
     context: PathBuf,
     /// The build file: a Dockerfile, or a forge.toml (by its `.toml` extension).

@@ -357,3 +357,46 @@ fn network_none_per_run_and_per_build() {
     assert_eq!(step_output(&log, 2), ["lo"], "{log}");
     assert_eq!(step_output(&log, 3), ["lo"], "{log}");
 }
+
+#[test]
+fn the_context_or_the_dockerfile_can_come_from_stdin() {
+    use std::io::Write;
+    let f = Fixture::new("stdin");
+    let run = |args: &[&str], stdin: &[u8]| -> Output {
+        let mut child = forge_cmd(f.home.path(), args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("forge starts");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin)
+            .expect("write stdin");
+        child.wait_with_output().expect("forge exits")
+    };
+    // A lone Dockerfile (`docker build - < Dockerfile`).
+    let dockerfile = b"FROM base\nRUN echo from-stdin > /marker\n";
+    let lone = image_id(&run(&["build", "-q", "-"], dockerfile));
+    // A gzip'd tar of a context holding the same Dockerfile: the same image.
+    std::fs::write(f.context.path().join("Dockerfile"), dockerfile).expect("write");
+    let tar = Command::new("tar")
+        .args(["-czf", "-", "-C"])
+        .arg(f.context.path())
+        .arg(".")
+        .output()
+        .expect("tar runs");
+    assert!(tar.status.success());
+    let from_tar = image_id(&run(&["build", "-q", "-"], &tar.stdout));
+    assert_eq!(lone, from_tar);
+    // -f - with a context directory.
+    let ctx = f.context.path().to_str().expect("utf-8");
+    let with_f = image_id(&run(&["build", "-q", "-f", "-", ctx], dockerfile));
+    assert_eq!(lone, with_f);
+    // Both from stdin: refused.
+    let both = run(&["build", "-f", "-", "-"], dockerfile);
+    assert_eq!(both.status.code(), Some(1));
+    assert!(stderr(&both).contains("cannot both come from standard input"));
+}

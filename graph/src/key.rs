@@ -622,6 +622,79 @@ pub fn explain(a: &KeyRecipe, b: &KeyRecipe) -> Vec<KeyChange> {
     out
 }
 
+/// A recipe as [`explain`] compares it, in a form that can be stored and read
+/// back (JSON): every field rendered to text, `env` and `args` as maps. A build
+/// keeps the records of its steps so that the next build can say, for a step
+/// that missed the cache, which inputs changed (`forge build --explain-cache`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+pub struct ExplainRecord {
+    /// Rendered fields other than `env` and `args`, by field name.
+    pub fields: BTreeMap<String, String>,
+    /// `env`, by variable.
+    pub env: BTreeMap<String, String>,
+    /// `args`, by name (`None`: declared without a value).
+    pub args: BTreeMap<String, Option<String>>,
+}
+
+impl ExplainRecord {
+    /// The record of `recipe`.
+    pub fn of(recipe: &KeyRecipe) -> Self {
+        let fields = RecipeField::ALL
+            .iter()
+            .filter(|f| !matches!(f, RecipeField::Env | RecipeField::Args))
+            .map(|&f| (f.as_str().to_string(), render_field(recipe, f)))
+            .collect();
+        Self {
+            fields,
+            env: recipe.env.iter().cloned().collect(),
+            args: recipe.args.clone(),
+        }
+    }
+}
+
+/// [`explain`] for stored records: which fields differ between an earlier
+/// step's record and this one's, in encoding order.
+pub fn explain_records(before: &ExplainRecord, after: &ExplainRecord) -> Vec<KeyChange> {
+    let mut out = Vec::new();
+    for field in RecipeField::ALL {
+        match field {
+            RecipeField::Env => {
+                let ma: BTreeMap<_, _> = before
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k, Some(v.as_str())))
+                    .collect();
+                let mb: BTreeMap<_, _> = after
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k, Some(v.as_str())))
+                    .collect();
+                diff_maps(&mut out, field, &ma, &mb);
+            }
+            RecipeField::Args => {
+                let ma: BTreeMap<_, _> =
+                    before.args.iter().map(|(k, v)| (k, v.as_deref())).collect();
+                let mb: BTreeMap<_, _> =
+                    after.args.iter().map(|(k, v)| (k, v.as_deref())).collect();
+                diff_maps(&mut out, field, &ma, &mb);
+            }
+            _ => {
+                let a = before.fields.get(field.as_str());
+                let b = after.fields.get(field.as_str());
+                if a != b {
+                    out.push(KeyChange {
+                        field,
+                        item: None,
+                        before: a.cloned().unwrap_or_else(|| "(none)".to_string()),
+                        after: b.cloned().unwrap_or_else(|| "(none)".to_string()),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
 fn diff_maps(
     out: &mut Vec<KeyChange>,
     field: RecipeField,

@@ -77,8 +77,8 @@ mod render;
 pub use compile::{compile, BuildGraph, EdgeKind, NodeKind};
 pub use error::GraphError;
 pub use key::{
-    compute_keys, compute_recipes, explain, CacheKey, EntryMeta, KeyChange, KeyRecipe, KeyState,
-    MountRecipe, PendingCause, PendingReason, RecipeField, RecipeKind, SourceDigest, SourceHasher,
-    SourceInput, CACHE_FORMAT_VERSION,
+    compute_keys, compute_recipes, explain, explain_records, CacheKey, EntryMeta, ExplainRecord,
+    KeyChange, KeyRecipe, KeyState, MountRecipe, PendingCause, PendingReason, RecipeField,
+    RecipeKind, SourceDigest, SourceHasher, SourceInput, CACHE_FORMAT_VERSION,
 };
 pub use petgraph::graph::NodeIndex;

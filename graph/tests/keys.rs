@@ -574,3 +574,28 @@ fn cache_keys_parse_and_print() {
         assert!(bad.parse::<CacheKey>().is_err(), "{bad}");
     }
 }
+
+#[test]
+fn explain_records_survive_json_and_name_what_changed() {
+    use forge_graph::{explain, explain_records, ExplainRecord, KeyRecipe, RecipeKind};
+    let mut a = KeyRecipe::new(RecipeKind::Step);
+    a.env = vec![("A".into(), "1".into()), ("B".into(), "2".into())];
+    a.user = "app".into();
+    let mut b = a.clone();
+    b.env = vec![("A".into(), "1".into()), ("B".into(), "3".into())];
+    b.workdir = "/srv".into();
+    let stored = serde_json::to_string(&ExplainRecord::of(&a)).expect("serializes");
+    let before: ExplainRecord = serde_json::from_str(&stored).expect("reads back");
+    let from_records: Vec<String> = explain_records(&before, &ExplainRecord::of(&b))
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let direct: Vec<String> = explain(&a, &b).iter().map(ToString::to_string).collect();
+    assert_eq!(from_records, direct);
+    assert_eq!(from_records.len(), 2, "{from_records:?}");
+    assert!(
+        from_records.iter().any(|c| c.starts_with("env B")),
+        "{from_records:?}"
+    );
+    assert!(explain_records(&before, &before).is_empty());
+}
