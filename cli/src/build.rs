@@ -396,6 +396,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             .into_iter()
             .filter(|(k, _)| forge_executor::build::PROXY_ARGS.contains(&k.as_str()))
             .collect(),
+        context: Some(input.context.clone()),
     };
     let mode = match (args.quiet, args.progress) {
         (true, _) => ProgressMode::Quiet,

@@ -35,6 +35,10 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "forge-frontend",
         &["forge-graph", "forge-executor", "forge-cache"],
     ),
+    (
+        "forge-context",
+        &["forge-frontend", "forge-executor", "forge-cache"],
+    ),
 ];
 
 fn workspace_edges() -> BTreeMap<String, BTreeSet<String>> {

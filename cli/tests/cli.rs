@@ -133,20 +133,28 @@ fn a_missing_build_file_is_an_environment_error() {
 
 #[test]
 fn steps_forge_cannot_run_yet_are_named() {
-    // examples/hello starts with `ADD rootfs.tar /` on scratch; ADD and COPY
-    // arrive with the next part of the executor.
+    // ADD of a Git repository is not supported yet.
     let home = temp_dir("unsupported-home");
+    let ctx = temp_dir("unsupported-ctx");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nADD https://example.com/repo.git /src\n",
+    )
+    .expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_forge"))
-        .args(["build", "--progress", "plain", "examples/hello"])
-        .current_dir(repo())
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
         .env("FORGE_HOME", &home)
         .env("NO_COLOR", "1")
         .output()
         .expect("forge runs");
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("ADD is not supported yet"), "{err}");
-    assert!(err.contains("ADD ${BASE_TAR} /"), "{err}");
+    assert!(err.contains("ADD of a Git repository is not"), "{err}");
+    assert!(
+        err.contains("ADD https://example.com/repo.git /src"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -194,7 +194,9 @@ fn copy_mode_makes_the_same_images_as_overlay() {
         let text = std::fs::read_to_string(dir.join("Dockerfile")).expect("Dockerfile");
         let sandboxed = text.lines().any(|l| {
             let first = l.split_whitespace().next().unwrap_or("");
-            first.eq_ignore_ascii_case("RUN") || first.eq_ignore_ascii_case("WORKDIR")
+            ["RUN", "WORKDIR", "COPY", "ADD"]
+                .iter()
+                .any(|k| first.eq_ignore_ascii_case(k))
         });
         assert_eq!(
             warnings,

@@ -95,6 +95,12 @@ pub enum ExecutorError {
         what: String,
     },
 
+    /// A COPY or ADD failed (a missing source, an unknown `--chown` name, an
+    /// archive with an entry that would escape, a checksum mismatch).
+    #[error("{0}")]
+    #[diagnostic(code(forge::executor::file_action))]
+    FileAction(String),
+
     /// A step would give the image more layers than overlayfs can stack.
     #[error("{step} would make the image's layer number {} but an image can have at most {max}", max + 1)]
     #[diagnostic(

@@ -84,6 +84,22 @@
 //! absent from the lowers, or unchanged non-opaque copy-ups), so a no-op RUN
 //! leaves an empty upper dir.
 //!
+//! # COPY and ADD: file actions
+//!
+//! COPY and ADD run in the same re-exec'd sandbox, with a
+//! [`sandbox::fileop::FileAction`] in place of a command
+//! ([`sandbox::run_action`]): the sandbox unshares as above, makes `/`
+//! `rprivate`, mounts the step's root exactly as for a RUN (overlay with the
+//! new upper dir, or the copy snapshotter's directory) and each `--from`
+//! image read-only on a directory of the run dir (an overlayfs of its
+//! snapshots, a bind of a single one), mounts nothing else and does not
+//! pivot: it copies in Rust with a user-space, root-confined path resolver
+//! (see [`sandbox::fileop`] for why that is race-free here, and the rules),
+//! and exits. A failure of the copy comes back as
+//! [`ExecutorError::FileAction`]. The build driver prepares the action
+//! ([`build::FileStep`]: URL downloads with `--checksum`, heredoc files, the
+//! source roots) and makes the layer exactly as for a RUN.
+//!
 //! # The copy snapshotter
 //!
 //! Where overlayfs cannot be mounted (no overlay module; an upper dir on a

@@ -247,6 +247,13 @@ impl SourceHasher {
         self.add(path, 1, blake3::hash(contents).as_bytes(), meta);
     }
 
+    /// A regular file whose contents have the blake3 digest `contents_blake3`:
+    /// the same entry as [`file`](Self::file) with those contents, for callers
+    /// that hashed (or cached the hash of) the file already.
+    pub fn file_digest(&mut self, path: &[u8], contents_blake3: &[u8; 32], meta: EntryMeta) {
+        self.add(path, 1, contents_blake3, meta);
+    }
+
     /// A directory.
     pub fn dir(&mut self, path: &[u8], meta: EntryMeta) {
         self.add(path, 2, &[], meta);

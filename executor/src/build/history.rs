@@ -25,7 +25,20 @@ pub fn created_by(step: &Step, run_args: &[(String, String)]) -> String {
             words.extend(argv);
             format!("RUN {} # buildkit", words.join(" "))
         }
-        Op::Copy(_) | Op::Add(_) => format!("{} # buildkit", instruction_text(step)),
+        // BuildKit writes the keyword, the (expanded) sources and the
+        // destination: no flags (`--chown`, `--from`, ...).
+        // destination as written (relative to WORKDIR if it was): no flags
+        // (`--chown`, `--from`, ...).
+        Op::Copy(copy) => format!(
+            "COPY {} {} # buildkit",
+            copy.sources.join(" "),
+            written_dest(step, &copy.dest)
+        ),
+        Op::Add(add) => format!(
+            "ADD {} {} # buildkit",
+            add.sources.join(" "),
+            written_dest(step, &add.dest)
+        ),
         Op::Env(pairs) => format!("ENV {}", join_pairs(pairs)),
         Op::Label(pairs) => format!("LABEL {}", join_pairs(pairs)),
         Op::Arg(pairs) => {
@@ -84,6 +97,39 @@ pub fn command_argv(command: &CommandLine, shell: &[String]) -> Vec<String> {
             argv.push(text.clone());
             argv
         }
+    }
+}
+
+/// A COPY or ADD destination as written (BuildKit's history shows it
+/// expanded but not joined with WORKDIR, which the IR's `dest` is): the
+/// instruction's last word (or JSON item) when it has no variable and joins
+/// to `dest`; `dest` otherwise.
+fn written_dest(step: &Step, dest: &str) -> String {
+    let text = step.origin.text.trim();
+    if text.contains("<<") || text.contains('$') {
+        return dest.to_string();
+    }
+    let rest = text.split_once(char::is_whitespace).map_or("", |(_, r)| r);
+    let words: Vec<&str> = rest
+        .split_whitespace()
+        .skip_while(|w| w.starts_with("--"))
+        .collect();
+    let joined = words.join(" ");
+    let written = if joined.starts_with('[') {
+        serde_json::from_str::<Vec<String>>(&joined)
+            .ok()
+            .and_then(|items| items.last().cloned())
+    } else {
+        words.last().map(|w| (*w).to_string())
+    };
+    match written {
+        Some(w)
+            if super::files::destination(&step.ctx.workdir, &w)
+                == super::files::destination("/", dest) =>
+        {
+            w
+        }
+        _ => dest.to_string(),
     }
 }
 

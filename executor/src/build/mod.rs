@@ -28,6 +28,7 @@
 //! has at most [`MAX_LAYERS`] layers.
 
 mod copy;
+mod files;
 mod history;
 mod run;
 mod state;
@@ -41,8 +42,9 @@ use forge_cache::store::Store;
 use forge_cache::Sha256Digest;
 use forge_graph::key::{compute_keys, KeyState};
 use forge_graph::BuildGraph;
-use forge_ir::{Base, NetworkMode, Op, Stage, StageId, Step};
+use forge_ir::{Base, NetworkMode, Op, SourceRef, Stage, StageId, Step};
 
+pub use files::{destination, is_git_url, url_file_name, FileFrom, FileSource, FileStep};
 pub use history::{command_argv, created_by, go_duration, go_quote};
 pub use run::{NewLayer, Outcome, Runner, SandboxStep, SNAPSHOTTER_ENV, TAIL_LINES};
 pub use state::{Committed, ImageState, Layer};
@@ -73,6 +75,10 @@ pub struct BuildOptions {
     /// [`PROXY_ARGS`]): every RUN sees them, declared or not, and they are never
     /// written to the history or the cache key (BuildKit's rule).
     pub proxy_env: Vec<(String, String)>,
+    /// The build context directory, where COPY and ADD read their paths
+    /// (everything under it; `.dockerignore` is the caller's to apply).
+    /// `None`: a step that reads the context fails.
+    pub context: Option<PathBuf>,
 }
 
 /// BuildKit's predefined proxy build args.
@@ -432,14 +438,9 @@ impl Driver<'_> {
                 state.push_history(&created_by, false, &created);
             }
             Op::Copy(_) | Op::Add(_) => {
-                return Err(ExecutorError::Unsupported {
-                    step: label(),
-                    what: if matches!(step.op, Op::Copy(_)) {
-                        "COPY".to_string()
-                    } else {
-                        "ADD".to_string()
-                    },
-                });
+                let file = self.file_step(step)?;
+                self.run_file(stage, step, vertex, state, &file)?;
+                state.push_history(&created_by, false, &created);
             }
             Op::Onbuild(_) => {
                 // BuildKit records the trigger in the config only, no history.
@@ -451,6 +452,192 @@ impl Driver<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The [`FileStep`] of a COPY or ADD: sources classified (paths, URLs,
+    /// heredocs), destination made absolute, flags checked.
+    fn file_step(&self, step: &Step) -> Result<FileStep<'_>, ExecutorError> {
+        let label = || one_line(&step.origin.text);
+        let unsupported = |what: &str| ExecutorError::Unsupported {
+            step: label(),
+            what: what.to_string(),
+        };
+        let (keyword, sources, dest, from, chown, chmod, heredocs, unpack, checksum) =
+            match &step.op {
+                Op::Copy(c) => {
+                    if c.parents {
+                        return Err(unsupported("COPY --parents"));
+                    }
+                    if !c.exclude.is_empty() {
+                        return Err(unsupported("COPY --exclude"));
+                    }
+                    (
+                        "COPY",
+                        &c.sources,
+                        &c.dest,
+                        &c.from,
+                        &c.chown,
+                        &c.chmod,
+                        &c.heredocs,
+                        false,
+                        None,
+                    )
+                }
+                Op::Add(a) => {
+                    if !a.exclude.is_empty() {
+                        return Err(unsupported("ADD --exclude"));
+                    }
+                    (
+                        "ADD",
+                        &a.sources,
+                        &a.dest,
+                        &SourceRef::Context,
+                        &a.chown,
+                        &a.chmod,
+                        &a.heredocs,
+                        a.unpack.unwrap_or(true),
+                        a.checksum.as_ref(),
+                    )
+                }
+                _ => {
+                    return Err(ExecutorError::InvalidImage(format!(
+                        "`{}` copies nothing",
+                        label()
+                    )))
+                }
+            };
+        let fail = |msg: String| ExecutorError::FileAction(format!("{}: {msg}", label()));
+        if sources.len() > 1 && !dest.ends_with('/') {
+            return Err(fail(format!(
+                "When using {keyword} with more than one source file, the destination must be \
+                 a directory and end with a /"
+            )));
+        }
+        let mut list = Vec::new();
+        let mut reads_paths = false;
+        for src in sources {
+            let doc_name = src.strip_prefix("<<").map(|n| {
+                n.trim_start_matches('-')
+                    .trim_matches(|c| c == '"' || c == '\'')
+            });
+            let doc = heredocs
+                .iter()
+                .find(|h| Some(h.name.as_str()) == doc_name || &h.name == src);
+            if let Some(doc) = doc {
+                list.push(FileSource::Inline {
+                    name: doc.name.clone(),
+                    content: doc.content.clone(),
+                });
+            } else if is_git_url(src) {
+                return Err(unsupported(&format!("{keyword} of a Git repository")));
+            } else if files::is_http_url(src) {
+                if keyword == "COPY" {
+                    return Err(fail("source can't be a URL for COPY".to_string()));
+                }
+                list.push(FileSource::Url {
+                    url: src.clone(),
+                    checksum: checksum.cloned(),
+                });
+            } else {
+                if checksum.is_some() {
+                    return Err(fail(
+                        "checksum can't be specified for non-HTTP(S) sources".to_string(),
+                    ));
+                }
+                reads_paths = true;
+                list.push(FileSource::Path(src.clone()));
+            }
+        }
+        let chmod = match chmod {
+            None => None,
+            Some(text) => Some(
+                u32::from_str_radix(text, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| fail(format!("invalid --chmod={text}: expected octal")))?,
+            ),
+        };
+        let from = match from {
+            SourceRef::Context => FileFrom::Context {
+                dir: match (&self.opts.context, reads_paths) {
+                    (Some(dir), _) => dir.clone(),
+                    (None, false) => PathBuf::new(),
+                    (None, true) => {
+                        return Err(fail("there is no build context to copy from".to_string()))
+                    }
+                },
+                allowed: None,
+            },
+            SourceRef::Stage(id) => match self.results.get(id.0) {
+                Some(Some((state, _))) => FileFrom::Image(state),
+                _ => {
+                    return Err(ExecutorError::InvalidImage(format!(
+                        "stage {} was not built before the stage that uses it",
+                        self.graph.stage_name(*id)
+                    )))
+                }
+            },
+            SourceRef::Image(image) => {
+                return Err(unsupported(&format!("{keyword} --from={image} (an image)")))
+            }
+        };
+        Ok(FileStep {
+            sources: list,
+            dest: destination(&step.ctx.workdir, dest),
+            from,
+            chown: chown.clone(),
+            chmod,
+            unpack,
+        })
+    }
+
+    /// Runs a COPY or ADD and adds its layer to `state`.
+    fn run_file(
+        &self,
+        stage: &Stage,
+        step: &Step,
+        vertex: Option<usize>,
+        state: &mut ImageState,
+        file: &FileStep<'_>,
+    ) -> Result<(), ExecutorError> {
+        let runner = Runner {
+            store: self.store,
+            exe: &self.opts.exe,
+            layer: &self.opts.layer,
+            hostname: &self.opts.hostname,
+        };
+        let reporter = self.reporter;
+        let v = vertex.unwrap_or(0);
+        let output = move |line: &str| reporter.event(Event::Output { vertex: v, line });
+        let outcome = runner.run_file(state, file, &output).map_err(|e| match e {
+            ExecutorError::FileAction(msg) => {
+                ExecutorError::FileAction(format!("{}: {msg}", self.step_label(stage, step)))
+            }
+            e => e,
+        })?;
+        match outcome {
+            Outcome::Done(new) => {
+                if state.layers.len() >= MAX_LAYERS {
+                    return Err(ExecutorError::TooManyLayers {
+                        step: self.step_label(stage, step),
+                        max: MAX_LAYERS,
+                    });
+                }
+                self.reporter.event(Event::Layer {
+                    vertex: v,
+                    entries: new.entries,
+                    bytes: new.bytes,
+                    elapsed: new.elapsed,
+                });
+                state.layers.push(new.layer);
+                Ok(())
+            }
+            Outcome::Failed { code, tail } => Err(ExecutorError::FileAction(format!(
+                "{}: the copy exited with code {code}: {}",
+                self.step_label(stage, step),
+                tail.join("\n")
+            ))),
+        }
     }
 
     /// Runs a sandbox step and adds its layer (if any) to `state`.

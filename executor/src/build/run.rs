@@ -20,7 +20,9 @@ use forge_cache::layer::{
 use forge_cache::store::Store;
 
 use super::copy;
+use super::files::{self, FileStep};
 use super::state::{ImageState, Layer};
+use crate::sandbox::fileop::FileAction;
 use crate::sandbox::{self, EtcFiles, Network, Rootfs, RunSpec};
 use crate::ExecutorError;
 
@@ -81,6 +83,25 @@ pub struct SandboxStep {
     pub workdir_owned_by_user: bool,
     /// The network.
     pub network: Network,
+}
+
+/// A step's work in the sandbox: a command, or a file action.
+#[derive(Clone, Copy)]
+enum Job<'j> {
+    Exec(&'j SandboxStep),
+    File(&'j FileStep<'j>),
+}
+
+/// The no-command sandbox step a file action runs in.
+fn file_sandbox_step() -> SandboxStep {
+    SandboxStep {
+        argv: Vec::new(),
+        env: Vec::new(),
+        user: String::new(),
+        cwd: "/".to_string(),
+        workdir_owned_by_user: false,
+        network: Network::None,
+    }
 }
 
 /// A layer a step made.
@@ -166,7 +187,7 @@ fn layer_err(e: forge_cache::layer::LayerError) -> ExecutorError {
 impl Runner<'_> {
     /// The overlay lower dirs of `state` (snapshot links, bottom first),
     /// extracting any layer not extracted yet.
-    fn lower_dirs(&self, state: &ImageState) -> Result<Vec<PathBuf>, ExecutorError> {
+    pub(super) fn lower_dirs(&self, state: &ImageState) -> Result<Vec<PathBuf>, ExecutorError> {
         let snapshots = self.store.snapshots();
         // overlayfs refuses a directory twice in `lowerdir` (ELOOP), and a layer
         // can repeat (two RUNs that made the same change, empty layers). Only
@@ -198,16 +219,58 @@ impl Runner<'_> {
         step: &SandboxStep,
         output: &(dyn Fn(&str) + Sync),
     ) -> Result<Outcome, ExecutorError> {
+        self.run_job(state, Job::Exec(step), output)
+    }
+
+    /// Runs a COPY or ADD on top of `state` (see [`FileStep`]): the
+    /// sandbox performs the copy in the step's root and the change is the
+    /// layer, as for [`Runner::run`] (overlay, or the copy snapshotter).
+    /// Fails with [`ExecutorError::FileAction`] when the copy fails.
+    pub fn run_file(
+        &self,
+        state: &ImageState,
+        step: &FileStep<'_>,
+        output: &(dyn Fn(&str) + Sync),
+    ) -> Result<Outcome, ExecutorError> {
+        self.run_job(state, Job::File(step), output)
+    }
+
+    fn run_job(
+        &self,
+        state: &ImageState,
+        job: Job<'_>,
+        output: &(dyn Fn(&str) + Sync),
+    ) -> Result<Outcome, ExecutorError> {
         if copy_mode()? {
-            return self.run_copy(state, step, output);
+            return self.run_copy(state, job, output);
         }
-        match self.run_overlay(state, step, output) {
+        match self.run_overlay(state, job, output) {
             Err(ExecutorError::OverlayUnavailable(reason)) => {
                 COPY_MODE.store(true, Ordering::SeqCst);
                 warn_copy(&format!("overlayfs cannot be mounted here ({reason})"));
-                self.run_copy(state, step, output)
+                self.run_copy(state, job, output)
             }
             other => other,
+        }
+    }
+
+    /// Runs `job` with `spec`: the command, or the file action prepared in
+    /// the run directory `run_dir` (`copy_mode`: another image's layers are
+    /// applied to a directory rather than mounted).
+    fn run_spec(
+        &self,
+        spec: &RunSpec,
+        job: Job<'_>,
+        run_dir: &Path,
+        copy_mode: bool,
+        output: &(dyn Fn(&str) + Sync),
+    ) -> Result<Ran, ExecutorError> {
+        match job {
+            Job::Exec(_) => self.sandbox(spec, None, output),
+            Job::File(file) => {
+                let action = files::prepare(self, file, run_dir, copy_mode)?;
+                self.sandbox(spec, Some(&action), output)
+            }
         }
     }
 
@@ -266,6 +329,7 @@ impl Runner<'_> {
     fn sandbox(
         &self,
         spec: &RunSpec,
+        action: Option<&FileAction>,
         output: &(dyn Fn(&str) + Sync),
     ) -> Result<Ran, ExecutorError> {
         let (reader, writer) = std::io::pipe().map_err(|source| ExecutorError::Process {
@@ -301,8 +365,16 @@ impl Runner<'_> {
                     }
                     Vec::from(tail)
                 });
-                let status =
-                    sandbox::run(self.exe, spec, Stdio::from(writer), Stdio::from(writer2));
+                let status = match action {
+                    None => sandbox::run(self.exe, spec, Stdio::from(writer), Stdio::from(writer2)),
+                    Some(action) => sandbox::run_action(
+                        self.exe,
+                        spec,
+                        action,
+                        Stdio::from(writer),
+                        Stdio::from(writer2),
+                    ),
+                };
                 // The sandbox (and every process it left) holds the pipe's write end;
                 // once they are gone, the reader sees EOF.
                 let tail = lines.join().unwrap_or_default();
@@ -344,9 +416,17 @@ impl Runner<'_> {
     fn run_overlay(
         &self,
         state: &ImageState,
-        step: &SandboxStep,
+        job: Job<'_>,
         output: &(dyn Fn(&str) + Sync),
     ) -> Result<Outcome, ExecutorError> {
+        let file_step;
+        let step = match job {
+            Job::Exec(step) => step,
+            Job::File(_) => {
+                file_step = file_sandbox_step();
+                &file_step
+            }
+        };
         let mut lower_dirs = self.lower_dirs(state)?;
         let (dir, etc_files) = self.run_dir(&["upper", "work", "empty"])?;
         let root = dir.0.clone();
@@ -361,7 +441,7 @@ impl Runner<'_> {
             work_dir: root.join("work"),
         };
         let spec = self.spec(rootfs, root.join("merged"), step, etc_files);
-        if let Some(failed) = self.sandbox(&spec, output)?.failure() {
+        if let Some(failed) = self.run_spec(&spec, job, &root, false, output)?.failure() {
             return Ok(failed);
         }
         let started = Instant::now();
@@ -390,9 +470,17 @@ impl Runner<'_> {
     fn run_copy(
         &self,
         state: &ImageState,
-        step: &SandboxStep,
+        job: Job<'_>,
         output: &(dyn Fn(&str) + Sync),
     ) -> Result<Outcome, ExecutorError> {
+        let file_step;
+        let step = match job {
+            Job::Exec(step) => step,
+            Job::File(_) => {
+                file_step = file_sandbox_step();
+                &file_step
+            }
+        };
         let (dir, etc_files) = self.run_dir(&["root"])?;
         let root = dir.0.join("root");
         for layer in &state.layers {
@@ -403,7 +491,7 @@ impl Runner<'_> {
         copy::wait_for_clock(&dir.0, latest)?;
         let rootfs = Rootfs::Directory { dir: root.clone() };
         let spec = self.spec(rootfs, dir.0.join("merged"), step, etc_files);
-        if let Some(failed) = self.sandbox(&spec, output)?.failure() {
+        if let Some(failed) = self.run_spec(&spec, job, &dir.0, true, output)?.failure() {
             return Ok(failed);
         }
         let started = Instant::now();
@@ -413,7 +501,9 @@ impl Runner<'_> {
         // bind mount points (see `sandbox::etc_kept`); here making and
         // removing them changed its times: drop it the same way.
         let exists = |rel: &str| before.contains_key(Path::new(rel));
-        if !sandbox::etc_kept(&step.argv, exists) {
+        // A file action mounts nothing in the root: its changes are its own.
+        let is_exec = matches!(job, Job::Exec(_));
+        if is_exec && !sandbox::etc_kept(&step.argv, exists) {
             let etc = Path::new("etc");
             let touched_only_etc = !changes.iter().any(|c| match c {
                 Change::Upsert(p) | Change::Opaque(p) | Change::Delete(p) => {
@@ -436,7 +526,7 @@ impl Runner<'_> {
 
     /// Applies one layer of the image to `root` from its blob, checking the
     /// blob's digest and the layer's `diff_id`.
-    fn apply(&self, layer: &Layer, root: &Path) -> Result<(), ExecutorError> {
+    pub(super) fn apply(&self, layer: &Layer, root: &Path) -> Result<(), ExecutorError> {
         let mut reader = self
             .store
             .open_blob(&layer.blob.digest)

@@ -1,6 +1,7 @@
 //! The RUN sandbox: a re-exec of forge's own binary into fresh namespaces over an
 //! overlayfs rootfs. See the crate docs for the design.
 
+pub mod fileop;
 mod rootfs;
 mod syscall;
 mod unsafe_ops;
@@ -26,14 +27,19 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
 pub use rootfs::{
-    overlay_options, setup_rootfs, OverlayMount, DEVICES, MASKED_PATHS, MAX_MOUNT_DATA,
-    READONLY_PATHS,
+    overlay_options, readonly_overlay_options, setup_action_mounts, setup_rootfs, OverlayMount,
+    DEVICES, MASKED_PATHS, MAX_MOUNT_DATA, READONLY_PATHS,
 };
 
 /// How a setup report from the sandbox starts when the overlay mount itself
 /// failed; [`run`] turns such a report into [`ExecutorError::OverlayUnavailable`]
 /// (no other report starts with a control character).
 const OVERLAY_UNAVAILABLE_TAG: &str = "\u{1}overlay-unavailable\u{1}";
+
+/// How a report starts when a file action (COPY, ADD) failed for a reason
+/// of the step (a missing source, a bad `--chown`); [`run_action`] turns it
+/// into [`ExecutorError::FileAction`].
+const FILE_ACTION_TAG: &str = "\u{1}file-action\u{1}";
 pub use syscall::{Call, RealSyscall, RecordingSyscall, Syscall};
 
 use crate::ExecutorError;
@@ -199,6 +205,33 @@ pub fn run(
     stdout: Stdio,
     stderr: Stdio,
 ) -> Result<ExitStatus, ExecutorError> {
+    run_with(exe, spec, None, stdout, stderr)
+}
+
+/// Like [`run`], but the sandbox performs `action` (a COPY or ADD, see
+/// [`fileop`]) in the step's root instead of executing a command: it mounts
+/// the root (and the action's source images) in its private mount namespace
+/// and copies; `spec.argv`, `user`, `cwd` and `env` are not used, and no
+/// mount point is created in the root (so none is removed afterwards). A
+/// failure of the copy itself (a missing source, an unknown `--chown` name,
+/// a hostile archive) is [`ExecutorError::FileAction`].
+pub fn run_action(
+    exe: &Path,
+    spec: &RunSpec,
+    action: &fileop::FileAction,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<ExitStatus, ExecutorError> {
+    run_with(exe, spec, Some(action), stdout, stderr)
+}
+
+fn run_with(
+    exe: &Path,
+    spec: &RunSpec,
+    action: Option<&fileop::FileAction>,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<ExitStatus, ExecutorError> {
     let privilege = Privilege::current();
     let mut existing = Vec::new();
     match &spec.rootfs {
@@ -220,6 +253,7 @@ pub fn run(
         parent: std::process::id(),
         privilege,
         spec: spec.clone(),
+        action: action.cloned(),
     };
     let json = serde_json::to_vec(&envelope).map_err(ExecutorError::SpecCodec)?;
     let process_err = |what| move |source| ExecutorError::Process { what, source };
@@ -280,6 +314,8 @@ pub fn run(
         .map_err(process_err("waiting for the sandbox"))?;
     let _ = ours.read_to_end(&mut report);
     match &spec.rootfs {
+        // A file action creates no mount point in the root.
+        _ if action.is_some() => {}
         Rootfs::Overlay { .. } => remove_etc_mountpoints(spec)?,
         Rootfs::Directory { dir } => remove_dir_mountpoints(dir, &existing, &spec.argv)?,
     }
@@ -289,6 +325,9 @@ pub fn run(
     let report = String::from_utf8_lossy(&report).into_owned();
     if let Some(reason) = report.strip_prefix(OVERLAY_UNAVAILABLE_TAG) {
         return Err(ExecutorError::OverlayUnavailable(reason.to_string()));
+    }
+    if let Some(message) = report.strip_prefix(FILE_ACTION_TAG) {
+        return Err(ExecutorError::FileAction(message.to_string()));
     }
     if !report.is_empty() {
         return Err(ExecutorError::SandboxSetup(report));
@@ -304,6 +343,9 @@ struct Envelope {
     parent: u32,
     privilege: Privilege,
     spec: RunSpec,
+    /// A file action to perform instead of the command.
+    #[serde(default)]
+    action: Option<fileop::FileAction>,
 }
 
 /// Rootless: maps uid and gid 0 of the sandbox's new user namespace to
@@ -667,6 +709,7 @@ fn sandbox_inner(report: &mut Option<std::fs::File>) -> Result<i32, ExecutorErro
         parent,
         privilege,
         spec,
+        action,
     } = serde_json::from_slice(&json).map_err(ExecutorError::SpecCodec)?;
     if nix::unistd::getppid().as_raw() != i32::try_from(parent).unwrap_or(-1) {
         // forge died before our parent-death signal was armed.
@@ -712,7 +755,11 @@ fn sandbox_inner(report: &mut Option<std::fs::File>) -> Result<i32, ExecutorErro
         },
         ForkResult::Child => {
             let keep = report.as_ref().map(|r| r.as_raw_fd());
-            let code = match container_init(&spec, privilege, keep) {
+            let result = match &action {
+                Some(action) => perform_action(&spec, action, privilege),
+                None => container_init(&spec, privilege, keep),
+            };
+            let code = match result {
                 Ok(()) => 0,
                 Err(Failure::NotFound(msg)) => {
                     eprintln!("{msg}");
@@ -724,6 +771,9 @@ fn sandbox_inner(report: &mut Option<std::fs::File>) -> Result<i32, ExecutorErro
                 }
                 Err(Failure::Setup(e)) => fail_setup(report, &e),
                 Err(Failure::Message(msg)) => fail_setup_with(report, &msg),
+                Err(Failure::Action(msg)) => {
+                    fail_setup_with(report, &format!("{FILE_ACTION_TAG}{msg}"))
+                }
             };
             std::process::exit(code)
         }
@@ -740,12 +790,27 @@ enum Failure {
     /// A setup error reported to the parent as this message alone (e.g. runc's
     /// `unable to find user …`).
     Message(String),
+    /// A file action failed ([`ExecutorError::FileAction`] in the parent).
+    Action(String),
 }
 
 impl From<ExecutorError> for Failure {
     fn from(e: ExecutorError) -> Self {
         Failure::Setup(e)
     }
+}
+
+/// PID 1 of a file action's sandbox: mounts the root and the sources, then
+/// copies (see [`fileop`]).
+fn perform_action(
+    spec: &RunSpec,
+    action: &fileop::FileAction,
+    privilege: Privilege,
+) -> Result<(), Failure> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(sys("prctl(PR_SET_PDEATHSIG)"))?;
+    setup_action_mounts(&RealSyscall, spec, &action.sources, privilege)?;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    fileop::perform(&spec.merged_dir, action).map_err(Failure::Action)
 }
 
 /// PID 1 of the new PID namespace: builds the rootfs and execs the command

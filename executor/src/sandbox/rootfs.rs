@@ -176,6 +176,132 @@ fn overlay_unavailable(e: ExecutorError) -> ExecutorError {
     }
 }
 
+/// Mounts the step's root on `spec.merged_dir`: the overlay (after a `chdir`
+/// to the lowers' common parent) or a recursive bind of the directory.
+fn mount_root(
+    sys: &dyn Syscall,
+    spec: &RunSpec,
+    privilege: Privilege,
+) -> Result<(), ExecutorError> {
+    let root = spec.merged_dir.as_path();
+    match &spec.rootfs {
+        Rootfs::Overlay { .. } => {
+            // Relative lowerdir names are resolved against the working directory.
+            let overlay = overlay_options(spec, privilege)?;
+            sys.chdir(&overlay.dir)?;
+            sys.mount(
+                Some(Path::new("overlay")),
+                root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&overlay.data),
+            )
+            .map_err(overlay_unavailable)?;
+        }
+        Rootfs::Directory { dir } => {
+            sys.mount(
+                Some(dir),
+                root,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The mount data of a read-only overlayfs of `lower_dirs` (bottom first, at
+/// least two; overlayfs without an upper dir needs two), relative to their
+/// common parent (returned with it).
+pub fn readonly_overlay_options(
+    lower_dirs: &[PathBuf],
+    privilege: Privilege,
+) -> Result<OverlayMount, ExecutorError> {
+    let dir = common_parent(lower_dirs);
+    let mut lowers = Vec::new();
+    for p in lower_dirs.iter().rev() {
+        let rel = match p.strip_prefix(&dir) {
+            Ok(rel) if !rel.as_os_str().is_empty() => rel,
+            _ => p.as_path(),
+        };
+        let s = rel.to_str().ok_or_else(|| {
+            ExecutorError::InvalidSpec(format!("path is not UTF-8: {}", p.display()))
+        })?;
+        if s.contains([',', ':', '\\']) {
+            return Err(ExecutorError::InvalidSpec(format!(
+                "overlay paths must be free of ',', ':' and '\\': {s}"
+            )));
+        }
+        lowers.push(s.to_string());
+    }
+    let userxattr = match privilege {
+        Privilege::Root => "",
+        Privilege::Rootless => ",userxattr",
+    };
+    let data = format!("lowerdir={}{userxattr}", lowers.join(":"));
+    if data.len() > MAX_MOUNT_DATA {
+        return Err(ExecutorError::InvalidSpec(format!(
+            "the overlay mount options for {} layers are {} bytes long, over the kernel's \
+             limit of {MAX_MOUNT_DATA}",
+            lower_dirs.len(),
+            data.len()
+        )));
+    }
+    Ok(OverlayMount { dir, data })
+}
+
+/// The mounts of a file action (COPY, ADD): `/` made `rprivate`, the step's
+/// root on `spec.merged_dir` as for a RUN, and each source that asks for it
+/// mounted read-only on its directory: a bind mount of a single snapshot, an
+/// overlayfs of several, nothing for none (an empty image). No `/proc`,
+/// `/dev`, `/etc` binds and no `pivot_root`: nothing is executed (see
+/// [`super::fileop`]).
+pub fn setup_action_mounts(
+    sys: &dyn Syscall,
+    spec: &RunSpec,
+    sources: &[super::fileop::SourceRoot],
+    privilege: Privilege,
+) -> Result<(), ExecutorError> {
+    let none: Option<&Path> = None;
+    sys.mount(
+        none,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    mount_root(sys, spec, privilege)?;
+    for source in sources {
+        let Some(lowers) = &source.mount else {
+            continue;
+        };
+        match lowers.as_slice() {
+            [] => {}
+            [one] => sys.mount(
+                Some(one),
+                &source.dir,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?,
+            _ => {
+                let overlay = readonly_overlay_options(lowers, privilege)?;
+                sys.chdir(&overlay.dir)?;
+                sys.mount(
+                    Some(Path::new("overlay")),
+                    &source.dir,
+                    Some("overlay"),
+                    MsFlags::MS_RDONLY,
+                    Some(&overlay.data),
+                )
+                .map_err(overlay_unavailable)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `root` joined with an absolute in-container path.
 fn under(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
@@ -209,30 +335,7 @@ pub fn setup_rootfs(
         None,
     )?;
 
-    match &spec.rootfs {
-        Rootfs::Overlay { .. } => {
-            // Relative lowerdir names are resolved against the working directory.
-            let overlay = overlay_options(spec, privilege)?;
-            sys.chdir(&overlay.dir)?;
-            sys.mount(
-                Some(Path::new("overlay")),
-                root,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(&overlay.data),
-            )
-            .map_err(overlay_unavailable)?;
-        }
-        Rootfs::Directory { dir } => {
-            sys.mount(
-                Some(dir),
-                root,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None,
-            )?;
-        }
-    }
+    mount_root(sys, spec, privilege)?;
 
     let proc_dir = under(root, "/proc");
     sys.mkdir_all(&proc_dir)?;

@@ -585,3 +585,54 @@ fn run_rejects_bad_overlay_options_before_spawning() {
 fn kill_all_with_nothing_running_is_a_no_op() {
     assert_eq!(kill_all(), 0);
 }
+
+#[test]
+fn a_file_action_mounts_the_root_and_its_sources_only() -> Result<(), ExecutorError> {
+    let sys = RecordingSyscall::new(&[], &[]);
+    let source = |dir: &str, mount: Option<Vec<PathBuf>>| fileop::SourceRoot {
+        dir: p(dir),
+        mount,
+        allowed: None,
+        keep_owner: true,
+    };
+    let sources = vec![
+        source("/ctx", None),
+        source("/r/from0", Some(vec![])),
+        source("/r/from1", Some(vec![p("/s/l/a")])),
+        source("/r/from2", Some(vec![p("/s/l/a"), p("/s/l/b")])),
+    ];
+    setup_action_mounts(&sys, &spec(), &sources, Privilege::Root)?;
+    let overlay = overlay_options(&spec(), Privilege::Root)?;
+    assert_eq!(
+        sys.calls(),
+        vec![
+            mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None),
+            Call::Chdir(overlay.dir),
+            mount(
+                Some("overlay"),
+                "/s/root",
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&overlay.data)
+            ),
+            mount(
+                Some("/s/l/a"),
+                "/r/from1",
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None
+            ),
+            Call::Chdir(p("/s/l")),
+            mount(
+                Some("overlay"),
+                "/r/from2",
+                Some("overlay"),
+                MsFlags::MS_RDONLY,
+                Some("lowerdir=b:a")
+            ),
+        ]
+    );
+    let rootless = readonly_overlay_options(&[p("/s/l/a"), p("/s/l/b")], Privilege::Rootless)?;
+    assert_eq!(rootless.data, "lowerdir=b:a,userxattr");
+    Ok(())
+}

@@ -180,6 +180,53 @@ pub fn resolve_user(
     Ok(exec)
 }
 
+/// Resolves a `--chown` value of COPY or ADD (`user`, `user:group`, numeric
+/// or names) to `(uid, gid)` against the destination's `/etc/passwd` and
+/// `/etc/group` text, with BuildKit's rules (`llb.WithUser` and the file
+/// backend's `readUser`), which differ from `USER`'s: a numeric user alone
+/// gives `uid:uid` (the gid is the same number, not the passwd one); a user
+/// name gives its passwd uid and gid; a group, when given, replaces the gid.
+/// A name that is not in the file is an error (`unable to find user NAME`),
+/// as in current BuildKit.
+pub fn resolve_chown(
+    spec: &str,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> Result<(u32, u32), String> {
+    let (user_arg, group_arg) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let (uid, mut gid) = match numeric_id(user_arg, "uid")? {
+        Some(uid) => (uid, uid),
+        None => {
+            let users = passwd.map(parse_passwd).unwrap_or_default();
+            let found = users.iter().find(|u| u.name == user_arg).ok_or_else(|| {
+                format!("unable to find user {user_arg}: no matching entries in passwd file")
+            })?;
+            (found.uid, found.gid)
+        }
+    };
+    if let Some(group_arg) = group_arg {
+        gid = match numeric_id(group_arg, "gid")? {
+            Some(gid) => gid,
+            None => {
+                let groups = group.map(parse_group).unwrap_or_default();
+                groups
+                    .iter()
+                    .find(|g| g.name == group_arg)
+                    .ok_or_else(|| {
+                        format!(
+                            "unable to find group {group_arg}: no matching entries in group file"
+                        )
+                    })?
+                    .gid
+            }
+        };
+    }
+    Ok((uid, gid))
+}
+
 /// `env` with `HOME=home` appended if it has no `HOME` (runc does the same).
 pub fn with_home(env: &[String], home: &str) -> Vec<String> {
     let mut env = env.to_vec();
@@ -285,6 +332,21 @@ audio:x:29:app
         assert!(user("99999999999999999999").is_err());
         assert!(user("0:2147483648").is_err());
         assert_eq!(user("2147483647").map(|u| u.uid), Ok(MAX_ID));
+    }
+
+    #[test]
+    fn chown_follows_buildkit() {
+        let chown = |s| resolve_chown(s, Some(PASSWD), Some(GROUP));
+        assert_eq!(chown("app"), Ok((1000, 1000)));
+        assert_eq!(chown("daemon:staff"), Ok((1, 50)));
+        assert_eq!(chown("1234"), Ok((1234, 1234)));
+        assert_eq!(chown("1000"), Ok((1000, 1000)));
+        assert_eq!(chown("7:8"), Ok((7, 8)));
+        assert_eq!(chown("app:9"), Ok((1000, 9)));
+        assert_eq!(chown("5:audio"), Ok((5, 29)));
+        assert!(chown("ghost").is_err());
+        assert!(chown("app:ghosts").is_err());
+        assert!(resolve_chown("app", None, None).is_err());
     }
 
     #[test]

@@ -1,0 +1,205 @@
+//! COPY and ADD cases the differential test cannot check against Docker's
+//! engine (BuildKit 0.8): ADD of URLs (a local HTTP server; the engine's
+//! builds run without a network), `--checksum`, zstd archives (the engine
+//! does not detect them), heredocs, hostile archives and errors. Each
+//! build checks its result with a RUN step that fails on a mismatch.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{forge, ok, rootfs, TempDir};
+
+struct Fixture {
+    home: TempDir,
+    context: TempDir,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        let home = TempDir::new(&format!("{name}-home"));
+        let context = TempDir::new(&format!("{name}-ctx"));
+        let tar = rootfs().to_str().expect("utf-8 path");
+        ok(&forge(home.path(), &["import", tar, "base:latest"]));
+        Self { home, context }
+    }
+
+    fn file(&self, name: &str, bytes: &[u8]) {
+        let path = self.context.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(path, bytes).expect("write context file");
+    }
+
+    fn build(&self, dockerfile: &str) -> Output {
+        self.file("Dockerfile", dockerfile.as_bytes());
+        let ctx = self.context.path().to_str().expect("utf-8 path");
+        forge(
+            self.home.path(),
+            &["build", "--progress", "plain", "--network", "host", ctx],
+        )
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Serves `body` at every path for `requests` requests; the base URL.
+fn serve(body: Vec<u8>, requests: usize) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            reader.read_line(&mut line).ok();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
+                    break;
+                }
+            }
+            let mut reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            reply.extend_from_slice(&body);
+            stream.write_all(&reply).ok();
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A tar.gz with `top/one.txt`, made by the system's tar.
+fn small_archive(dir: &Path, compress: &str) -> Vec<u8> {
+    let src = dir.join("archive-src");
+    std::fs::create_dir_all(src.join("top")).expect("mkdir");
+    std::fs::write(src.join("top/one.txt"), "one\n").expect("write");
+    let out = dir.join("archive");
+    let status = Command::new("tar")
+        .args(["--sort=name", "--mtime=@0", compress, "-cf"])
+        .arg(&out)
+        .arg("-C")
+        .arg(&src)
+        .arg("top")
+        .status()
+        .expect("tar runs");
+    assert!(status.success());
+    std::fs::read(&out).expect("archive")
+}
+
+#[test]
+fn add_of_a_url_downloads_a_0600_file_and_checks_its_checksum() {
+    let f = Fixture::new("add-url");
+    let body = b"downloaded\n".to_vec();
+    let sum = sha256_hex(&body);
+    let base = serve(body.clone(), 2);
+    let out = f.build(&format!(
+        "FROM base\n\
+         ADD {base}/files/data.txt /d/\n\
+         ADD --checksum=sha256:{sum} {base}/other.txt /named\n\
+         RUN test \"$(cat /d/data.txt)\" = downloaded && \
+             test \"$(stat -c %a /d/data.txt)\" = 600 && \
+             test \"$(cat /named)\" = downloaded\n"
+    ));
+    ok(&out);
+
+    let g = Fixture::new("add-url-bad");
+    let base = serve(body, 1);
+    let wrong = "0".repeat(64);
+    let out = g.build(&format!(
+        "FROM base\nADD --checksum=sha256:{wrong} {base}/x.txt /x\n"
+    ));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("checksum mismatch"), "{err}");
+    assert!(err.contains(&sum), "{err}");
+}
+
+#[test]
+fn add_of_a_url_archive_is_not_extracted() {
+    let f = Fixture::new("add-url-tar");
+    let tgz = small_archive(f.context.path(), "-z");
+    let base = serve(tgz, 1);
+    let out = f.build(&format!(
+        "FROM base\nADD {base}/a.tar.gz /d/\nRUN test -f /d/a.tar.gz && test ! -e /d/top\n"
+    ));
+    ok(&out);
+}
+
+#[test]
+fn add_extracts_zstd_archives_by_content() {
+    let f = Fixture::new("add-zstd");
+    let zst = small_archive(f.context.path(), "--zstd");
+    f.file("packed.bin", &zst);
+    let out = f.build(
+        "FROM base\n\
+         ADD packed.bin /z/\n\
+         ADD --unpack=false packed.bin /raw/\n\
+         RUN test \"$(cat /z/top/one.txt)\" = one && test -f /raw/packed.bin\n",
+    );
+    ok(&out);
+}
+
+#[test]
+fn add_refuses_an_archive_entry_that_escapes() {
+    let f = Fixture::new("add-hostile");
+    // A tar whose entry is `../escape`, written by hand (tar(1) refuses).
+    let mut header = tar::Header::new_gnu();
+    let data = b"gotcha\n";
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    {
+        let name = &mut header.as_old_mut().name;
+        name[..9].copy_from_slice(b"../escape");
+    }
+    header.set_cksum();
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append(&header, &data[..]).expect("append");
+    let bytes = builder.into_inner().expect("tar");
+    f.file("evil.tar", &bytes);
+    let out = f.build("FROM base\nADD evil.tar /in/\n");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("escape") || err.contains(".."), "{err}");
+}
+
+#[test]
+fn copy_heredoc_chmod_and_missing_sources() {
+    let f = Fixture::new("copy-misc");
+    f.file("a.txt", b"alpha\n");
+    let out = f.build(
+        "# syntax=docker/dockerfile:1.4\n\
+         FROM base\n\
+         COPY <<EOF /etc/motd\n\
+         hello\n\
+         EOF\n\
+         COPY --chmod=640 a.txt /m/\n\
+         RUN test \"$(cat /etc/motd)\" = hello && test \"$(stat -c %a /etc/motd)\" = 644 && \
+             test \"$(stat -c %a /m/a.txt)\" = 640\n",
+    );
+    ok(&out);
+
+    let out = f.build("FROM base\nCOPY missing.txt /x\n");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("missing.txt"), "{}", stderr(&out));
+
+    let out = f.build("FROM base\nADD https://example.com/r.git /src\n");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("Git"), "{}", stderr(&out));
+}
