@@ -40,6 +40,16 @@ pub struct BuildArgs {
     /// Run every step, even those whose result is cached.
     #[arg(long)]
     pub no_cache: bool,
+    /// Run the steps of these stages even when cached (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
+    /// For each step that runs, say which input of its cache key changed since
+    /// the last build of that step.
+    #[arg(long)]
+    pub explain_cache: bool,
+    /// Hash every context file again instead of trusting the stat cache.
+    #[arg(long)]
+    pub verify_context: bool,
     /// Progress output: `auto` (tty on a terminal, plain otherwise), `plain`
     /// (one line per event), `tty` (a live progress view), `quiet`.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
@@ -177,6 +187,7 @@ impl Reporter for PlainReporter {
                 "#{vertex} layer {entries} entries {bytes} bytes in {:.6}s",
                 elapsed.as_secs_f64()
             ),
+            Event::Explain { vertex, reason } => eprintln!("#{vertex} cache miss: {reason}"),
             Event::Done { vertex, elapsed } => {
                 eprintln!("#{vertex} DONE {:.1}s", elapsed.as_secs_f64())
             }
@@ -233,6 +244,9 @@ impl Reporter for TtyReporter {
             }
             Event::Output { line, .. } => self.bar.println(format!("    {line}")),
             Event::Layer { .. } => {}
+            Event::Explain { vertex, reason } => self
+                .bar
+                .println(format!("    {} cache miss: {reason}", self.label(vertex))),
             Event::Done { vertex, elapsed } => self.bar.println(format!(
                 " => {} {:.1}s",
                 self.label(vertex),
@@ -378,6 +392,48 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
     let names: Vec<&str> = targets.iter().map(String::as_str).collect();
     let graph = forge_graph::compile(&ir, &names)?;
 
+    // The context, after .dockerignore, with content digests (a stat cache per
+    // context directory keeps a no-op rebuild at about one lstat per file).
+    let dockerfile = input
+        .file
+        .clone()
+        .unwrap_or_else(|| input.context.join("Dockerfile"));
+    let context_dir = std::fs::canonicalize(&input.context).map_err(|e| Failure {
+        report: miette::miette!(
+            "cannot open the build context {}: {e}",
+            input.context.display()
+        ),
+        code: 1,
+    })?;
+    let context =
+        forge_context::Context::open(&context_dir, Some(&dockerfile)).map_err(|e| Failure {
+            report: e.into(),
+            code: 1,
+        })?;
+    let cache_name = blake3::hash(context_dir.as_os_str().as_encoded_bytes()).to_hex();
+    let stat_cache = store
+        .root()
+        .join("forge/v1/statcache")
+        .join(cache_name.as_str());
+    if let Some(parent) = stat_cache.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let scanned = if args.verify_context {
+        context.scan_verify(Some(&stat_cache))
+    } else {
+        context.scan(Some(&stat_cache))
+    };
+    let context_index = scanned.map_err(|e| Failure {
+        report: e.into(),
+        code: 1,
+    })?;
+    let build_id = format!(
+        "{}\0{}\0{}",
+        context_dir.display(),
+        dockerfile.display(),
+        targets.join(",")
+    );
+
     let exe = std::env::current_exe().map_err(|e| Failure {
         report: miette::miette!("cannot find forge's own executable: {e}"),
         code: 2,
@@ -396,7 +452,11 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             .into_iter()
             .filter(|(k, _)| forge_executor::build::PROXY_ARGS.contains(&k.as_str()))
             .collect(),
-        context: Some(input.context.clone()),
+        context: Some(context_dir.clone()),
+        context_index: Some(std::sync::Arc::new(context_index)),
+        no_cache_filter: args.no_cache_filter.clone(),
+        explain_cache: args.explain_cache,
+        build_id,
     };
     let mode = match (args.quiet, args.progress) {
         (true, _) => ProgressMode::Quiet,

@@ -28,11 +28,13 @@
 //! has at most [`MAX_LAYERS`] layers.
 
 mod copy;
+mod explain;
 mod files;
 mod history;
 mod run;
 mod state;
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -40,8 +42,8 @@ use forge_cache::image::rfc3339;
 use forge_cache::layer::LayerOptions;
 use forge_cache::store::Store;
 use forge_cache::Sha256Digest;
-use forge_graph::key::{compute_keys, KeyState};
-use forge_graph::BuildGraph;
+use forge_graph::key::{compute_recipes, KeyRecipe, KeyState};
+use forge_graph::{BuildGraph, NodeIndex};
 use forge_ir::{Base, NetworkMode, Op, SourceRef, Stage, StageId, Step};
 
 pub use files::{destination, is_git_url, url_file_name, FileFrom, FileSource, FileStep};
@@ -79,6 +81,18 @@ pub struct BuildOptions {
     /// (everything under it; `.dockerignore` is the caller's to apply).
     /// `None`: a step that reads the context fails.
     pub context: Option<PathBuf>,
+    /// The scanned context (after `.dockerignore`): COPY/ADD sources are
+    /// selected in it, their content digests go into the steps' keys, and the
+    /// copy sees only what it lists. `None`: every file of `context`, and
+    /// steps reading the context are never cached.
+    pub context_index: Option<std::sync::Arc<forge_context::Index>>,
+    /// Stage names whose steps run even when cached (`--no-cache-filter`).
+    pub no_cache_filter: Vec<String>,
+    /// Say why each step that missed the cache missed (`--explain-cache`).
+    pub explain_cache: bool,
+    /// What identifies this build between runs (the build file and the
+    /// context), for `--explain-cache`'s records.
+    pub build_id: String,
 }
 
 /// BuildKit's predefined proxy build args.
@@ -135,6 +149,13 @@ pub enum Event<'a> {
         /// From the command's exit to the layer being ready.
         elapsed: Duration,
     },
+    /// Why a step missed the cache (`--explain-cache`): one input that changed.
+    Explain {
+        /// Its number.
+        vertex: usize,
+        /// `env A: 1 -> 2`, `op: ... -> ...`, `parent: an earlier step changed`.
+        reason: &'a str,
+    },
     /// The step finished.
     Done {
         /// Its number.
@@ -167,13 +188,50 @@ pub fn build(
     opts: &BuildOptions,
     reporter: &dyn Reporter,
 ) -> Result<Vec<BuiltImage>, ExecutorError> {
-    let keys = compute_keys(graph, &|_| None);
+    // COPY/ADD sources in the context: selected once, their digest in the key,
+    // their list handed to the copy.
+    let mut selections: HashMap<NodeIndex, forge_context::Selection> = HashMap::new();
+    if let Some(index) = &opts.context_index {
+        for node in graph.topo_order() {
+            if !graph.needs_sources(node) {
+                continue;
+            }
+            let Some(step) = graph.step(node) else {
+                continue;
+            };
+            let (sources, excludes, heredocs) = match &step.op {
+                Op::Copy(c) => (&c.sources, &c.exclude, &c.heredocs),
+                Op::Add(a) => (&a.sources, &a.exclude, &a.heredocs),
+                _ => continue,
+            };
+            let paths: Vec<String> = sources
+                .iter()
+                .filter(|s| !heredocs.iter().any(|h| &h.name == *s))
+                .filter(|s| !files::is_http_url(s) && !is_git_url(s))
+                .cloned()
+                .collect();
+            // A source that is not there is reported when the step runs.
+            if let Ok(selection) = index.select(&paths, excludes) {
+                selections.insert(node, selection);
+            }
+        }
+    }
+    let recipes = compute_recipes(graph, &|node| selections.get(&node).map(|s| s.digest()));
+    let keys = recipes
+        .iter()
+        .map(|r| match r {
+            Ok(recipe) => KeyState::Known(recipe.key()),
+            Err(reason) => KeyState::Pending(reason.clone()),
+        })
+        .collect();
     let mut driver = Driver {
         graph,
         store,
         opts,
         reporter,
         keys,
+        recipes,
+        selections,
         results: Vec::new(),
         vertex: 0,
         last_good: None,
@@ -215,6 +273,10 @@ struct Driver<'a> {
     opts: &'a BuildOptions,
     reporter: &'a dyn Reporter,
     keys: Vec<KeyState>,
+    /// Every node's key recipe (for `--explain-cache`), by node index.
+    recipes: Vec<Result<KeyRecipe, forge_graph::PendingReason>>,
+    /// COPY/ADD steps' selections in the context, by node.
+    selections: HashMap<NodeIndex, forge_context::Selection>,
     /// Per stage: its final state and commit.
     results: Vec<Option<(ImageState, Committed)>>,
     vertex: usize,
@@ -247,6 +309,37 @@ impl Driver<'_> {
             label,
         });
         self.vertex
+    }
+
+    /// What a COPY/ADD may see of the context: its selection's entries and
+    /// their parent directories (`None` when the context was not scanned).
+    fn allowed_in_context(&self, stage: &Stage, step: &Step) -> Option<BTreeSet<String>> {
+        self.opts.context_index.as_ref()?;
+        let index = stage.steps.iter().position(|s| std::ptr::eq(s, step))?;
+        let node = self.step_node(stage.id, index)?;
+        let mut allowed = BTreeSet::new();
+        if let Some(selection) = self.selections.get(&node) {
+            for e in &selection.entries {
+                let mut path = e.entry.path.as_str();
+                allowed.insert(path.to_string());
+                while let Some((parent, _)) = path.rsplit_once('/') {
+                    if !allowed.insert(parent.to_string()) {
+                        break;
+                    }
+                    path = parent;
+                }
+            }
+            for root in &selection.roots {
+                allowed.insert(root.resolved.clone());
+            }
+        }
+        Some(allowed)
+    }
+
+    /// The node of step `index` of `stage` (a stage's nodes are its base,
+    /// then its steps in order).
+    fn step_node(&self, stage: StageId, index: usize) -> Option<NodeIndex> {
+        self.graph.stage_nodes(stage).get(index + 1).copied()
     }
 
     fn key_hex(&self, stage: StageId, index: usize) -> Option<String> {
@@ -329,13 +422,41 @@ impl Driver<'_> {
                 }
             }
             let key = self.key_hex(stage.id, index);
-            let cached = match (&key, self.opts.no_cache) {
+            let filtered = stage.name.as_ref().is_some_and(|n| {
+                self.opts
+                    .no_cache_filter
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(n))
+            });
+            let recipe = self
+                .step_node(stage.id, index)
+                .and_then(|n| self.recipes.get(n.index()))
+                .and_then(|r| r.as_ref().ok());
+            let slot = explain::slot(&self.opts.build_id, stage, index);
+            let cached = match (&key, self.opts.no_cache || filtered) {
                 (Some(key), false) => self
                     .store
                     .step_cache_get(key)
                     .map_err(|e| ExecutorError::Store(Box::new(e)))?,
                 _ => None,
             };
+            if let (Some(recipe), None) = (recipe, &cached) {
+                if self.opts.explain_cache && fs {
+                    let reasons = if self.opts.no_cache || filtered {
+                        vec!["--no-cache".to_string()]
+                    } else {
+                        explain::why_missed(self.store, &slot, recipe)
+                    };
+                    for reason in &reasons {
+                        if let Some(vertex) = vertex {
+                            self.reporter.event(Event::Explain { vertex, reason });
+                        }
+                    }
+                }
+            }
+            if let Some(recipe) = recipe {
+                explain::remember(self.store, &slot, recipe);
+            }
             if let Some(manifest) = cached {
                 state = ImageState::from_store(self.store, &manifest)?;
                 committed = state.commit(self.store, self.opts.layer.source_date_epoch)?;
@@ -438,7 +559,7 @@ impl Driver<'_> {
                 state.push_history(&created_by, false, &created);
             }
             Op::Copy(_) | Op::Add(_) => {
-                let file = self.file_step(step)?;
+                let file = self.file_step(stage, step)?;
                 self.run_file(stage, step, vertex, state, &file)?;
                 state.push_history(&created_by, false, &created);
             }
@@ -456,7 +577,7 @@ impl Driver<'_> {
 
     /// The [`FileStep`] of a COPY or ADD: sources classified (paths, URLs,
     /// heredocs), destination made absolute, flags checked.
-    fn file_step(&self, step: &Step) -> Result<FileStep<'_>, ExecutorError> {
+    fn file_step(&self, stage: &Stage, step: &Step) -> Result<FileStep<'_>, ExecutorError> {
         let label = || one_line(&step.origin.text);
         let unsupported = |what: &str| ExecutorError::Unsupported {
             step: label(),
@@ -560,13 +681,16 @@ impl Driver<'_> {
         let from = match from {
             SourceRef::Context => FileFrom::Context {
                 dir: match (&self.opts.context, reads_paths) {
-                    (Some(dir), _) => dir.clone(),
+                    // Absolute: the sandbox works from another directory.
+                    (Some(dir), _) => std::path::absolute(dir).map_err(|e| {
+                        fail(format!("cannot resolve the context {}: {e}", dir.display()))
+                    })?,
                     (None, false) => PathBuf::new(),
                     (None, true) => {
                         return Err(fail("there is no build context to copy from".to_string()))
                     }
                 },
-                allowed: None,
+                allowed: self.allowed_in_context(stage, step),
             },
             SourceRef::Stage(id) => match self.results.get(id.0) {
                 Some(Some((state, _))) => FileFrom::Image(state),
