@@ -203,3 +203,30 @@ fn copy_heredoc_chmod_and_missing_sources() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("Git"), "{}", stderr(&out));
 }
+
+#[test]
+fn dockerignore_and_exclude_keep_files_out_of_the_copy() {
+    let f = Fixture::new("ignore-exclude");
+    f.file(".dockerignore", b"secret.txt\nlogs/\n!logs/keep.log\n");
+    f.file("secret.txt", b"no\n");
+    f.file("app/main.txt", b"yes\n");
+    f.file("app/notes.md", b"excluded by --exclude\n");
+    f.file("logs/a.log", b"ignored\n");
+    f.file("logs/keep.log", b"re-included\n");
+    let out = f.build(
+        "# syntax=docker/dockerfile:1.7-labs\n\
+         FROM base\n\
+         COPY --exclude=**/*.md . /ctx/\n\
+         RUN cd /ctx && find . -type f | sort | tr '\\n' ' '\n",
+    );
+    let log = stderr(&out);
+    ok(&out);
+    assert!(
+        log.contains("#3 ./.dockerignore ./Dockerfile ./app/main.txt ./logs/keep.log \n"),
+        "{log}"
+    );
+    // A source that .dockerignore removes is not found.
+    let out = f.build("FROM base\nCOPY secret.txt /x\n");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("secret.txt"), "{}", stderr(&out));
+}

@@ -589,8 +589,11 @@ impl Driver<'_> {
                     if c.parents {
                         return Err(unsupported("COPY --parents"));
                     }
-                    if !c.exclude.is_empty() {
-                        return Err(unsupported("COPY --exclude"));
+                    if !c.exclude.is_empty()
+                        && (c.from != SourceRef::Context || self.opts.context_index.is_none())
+                    {
+                        // In the context, the selection applies them.
+                        return Err(unsupported("COPY --exclude from a stage or an image"));
                     }
                     (
                         "COPY",
@@ -605,8 +608,8 @@ impl Driver<'_> {
                     )
                 }
                 Op::Add(a) => {
-                    if !a.exclude.is_empty() {
-                        return Err(unsupported("ADD --exclude"));
+                    if !a.exclude.is_empty() && self.opts.context_index.is_none() {
+                        return Err(unsupported("ADD --exclude without a scanned context"));
                     }
                     (
                         "ADD",
