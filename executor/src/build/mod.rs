@@ -216,7 +216,32 @@ pub fn build(
             }
         }
     }
-    let recipes = compute_recipes(graph, &|node| selections.get(&node).map(|s| s.digest()));
+    // Images used as COPY --from sources: read from the store; their manifest
+    // digest is what their steps' keys depend on.
+    let mut image_sources: HashMap<String, ImageState> = HashMap::new();
+    let mut image_digests: HashMap<NodeIndex, forge_graph::SourceDigest> = HashMap::new();
+    for (reference, node) in graph.image_sources() {
+        let record = store.resolve(reference).map_err(|e| {
+            ExecutorError::InvalidImage(format!(
+                "COPY --from={reference}: {e}; make it with `forge import` or `forge load`"
+            ))
+        })?;
+        image_sources.insert(
+            reference.to_string(),
+            ImageState::from_store(store, &record.digest)?,
+        );
+        let digest = blake3::hash(record.digest.to_string().as_bytes());
+        image_digests.insert(
+            node,
+            forge_graph::SourceDigest::from_bytes(*digest.as_bytes()),
+        );
+    }
+    let recipes = compute_recipes(graph, &|node| {
+        selections
+            .get(&node)
+            .map(|s| s.digest())
+            .or_else(|| image_digests.get(&node).copied())
+    });
     let keys = recipes
         .iter()
         .map(|r| match r {
@@ -232,6 +257,7 @@ pub fn build(
         keys,
         recipes,
         selections,
+        image_sources,
         results: Vec::new(),
         vertex: 0,
         last_good: None,
@@ -277,6 +303,8 @@ struct Driver<'a> {
     recipes: Vec<Result<KeyRecipe, forge_graph::PendingReason>>,
     /// COPY/ADD steps' selections in the context, by node.
     selections: HashMap<NodeIndex, forge_context::Selection>,
+    /// Images used as `COPY --from` sources, by reference.
+    image_sources: HashMap<String, ImageState>,
     /// Per stage: its final state and commit.
     results: Vec<Option<(ImageState, Committed)>>,
     vertex: usize,
@@ -704,9 +732,14 @@ impl Driver<'_> {
                     )))
                 }
             },
-            SourceRef::Image(image) => {
-                return Err(unsupported(&format!("{keyword} --from={image} (an image)")))
-            }
+            SourceRef::Image(image) => match self.image_sources.get(image) {
+                Some(state) => FileFrom::Image(state),
+                None => {
+                    return Err(ExecutorError::InvalidImage(format!(
+                        "{keyword} --from={image}: the image was not loaded"
+                    )))
+                }
+            },
         };
         Ok(FileStep {
             sources: list,
