@@ -142,4 +142,75 @@ impl Store {
             io_err("rename into place", &path)(e)
         })
     }
+
+    /// `forge prune --cache`: removes the step-cache entries not used (hit or
+    /// written) for `grace` — so a build running now keeps its entries — then
+    /// the blobs nothing references any more ([`Store::prune_with_grace`]),
+    /// then the snapshots of layers no remaining image or cache entry has.
+    ///
+    /// # Errors
+    /// An unreadable store.
+    pub fn prune_cache(&self, grace: std::time::Duration) -> Result<CachePruneReport, CacheError> {
+        let mut report = CachePruneReport::default();
+        let dir = self.step_cache_dir();
+        let now = std::time::SystemTime::now();
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|age| age >= grace);
+                if old && fs::remove_file(entry.path()).is_ok() {
+                    report.entries_removed += 1;
+                } else {
+                    report.entries_kept += 1;
+                }
+            }
+        }
+        report.blobs = self.prune_with_grace(grace)?;
+
+        // Snapshots: keep the layers of every remaining image and cache entry.
+        let mut roots: Vec<Sha256Digest> = self.step_cache_roots();
+        for image in self.images()? {
+            if !image.is_index() {
+                roots.push(image.digest);
+            }
+        }
+        let mut keep = std::collections::HashSet::new();
+        for manifest in roots {
+            let Ok(parsed) = self.manifest_by_digest(&manifest) else {
+                continue;
+            };
+            let Ok(config) = self.config(&parsed) else {
+                continue;
+            };
+            for diff_id in config.rootfs().diff_ids() {
+                if let Ok(d) = diff_id.parse::<Sha256Digest>() {
+                    keep.insert(d);
+                }
+            }
+        }
+        let snapshots = self.snapshots();
+        for diff_id in snapshots.list()? {
+            if !keep.contains(&diff_id) && snapshots.remove(&diff_id)? {
+                report.snapshots_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What [`Store::prune_cache`] removed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct CachePruneReport {
+    /// Step-cache entries removed.
+    pub entries_removed: usize,
+    /// Step-cache entries kept (used within the grace period).
+    pub entries_kept: usize,
+    /// Snapshots removed.
+    pub snapshots_removed: usize,
+    /// The blob pass.
+    pub blobs: crate::store::PruneReport,
 }

@@ -748,8 +748,30 @@ pub fn fsck(args: &FsckArgs) -> Result<(), Failure> {
 }
 
 /// `forge prune`.
-pub fn prune() -> Result<(), Failure> {
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Also remove the build cache: step-cache entries not used in the last
+    /// ten minutes (a build running now keeps its own), and the layer
+    /// snapshots no image or remaining entry needs.
+    #[arg(long)]
+    cache: bool,
+}
+
+/// `forge prune`.
+pub fn prune(args: &PruneArgs) -> Result<(), Failure> {
     let store = open_store()?;
+    if args.cache {
+        let report = store.prune_cache(forge_cache::store::PRUNE_GRACE)?;
+        println!(
+            "removed {} cache entries (kept {} in use), {} snapshots, {} blobs; total reclaimed space: {}",
+            report.entries_removed,
+            report.entries_kept,
+            report.snapshots_removed,
+            report.blobs.removed.len(),
+            human::size(report.blobs.bytes_freed)
+        );
+        return Ok(());
+    }
     let report = store.prune()?;
     println!(
         "removed {} blobs, kept {}; total reclaimed space: {}",

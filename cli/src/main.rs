@@ -51,7 +51,7 @@ enum Command {
     /// Check the store; `--repair` removes what is broken.
     Fsck(images::FsckArgs),
     /// Remove blobs no image, build or container uses.
-    Prune,
+    Prune(images::PruneArgs),
     /// Tools for looking inside forge.
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -188,7 +188,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Save(args) => images::save(&args),
         Command::Load(args) => images::load(&args),
         Command::Fsck(args) => images::fsck(&args),
-        Command::Prune => images::prune(),
+        Command::Prune(args) => images::prune(&args),
         Command::Build(args) => {
             if args.dry_run {
                 return plan(&args.input, args.format);

@@ -232,3 +232,33 @@ fn no_cache_filter_runs_the_named_stage_only() {
     assert!(!hits(&o, 2) && !hits(&o, 3) && !hits(&o, 4), "{o:?}");
     assert_eq!(reasons(&o, 2), "--no-cache");
 }
+
+#[test]
+fn prune_cache_keeps_recent_entries_and_removes_old_ones() {
+    let f = Fixture::new("prune");
+    // Just used: kept.
+    let out = forge(f.home.path(), &["prune", "--cache"]);
+    let text = ok(&out);
+    assert!(text.contains("removed 0 cache entries"), "{text}");
+    let o = f.outcome(&[]);
+    assert!(hits(&o, 2) && hits(&o, 3) && hits(&o, 4), "{o:?}");
+
+    // Not used for an hour: removed, with the snapshots only they needed;
+    // the next build runs every step again.
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let entries = f.home.path().join("forge/v1/cache");
+    for entry in std::fs::read_dir(&entries).expect("cache dir") {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(entry.expect("entry").path())
+            .expect("open entry");
+        file.set_times(std::fs::FileTimes::new().set_modified(hour_ago))
+            .expect("age entry");
+    }
+    let text = ok(&forge(f.home.path(), &["prune", "--cache"]));
+    assert!(!text.contains("removed 0 cache entries"), "{text}");
+    assert!(!text.contains(", 0 snapshots"), "{text}");
+    let o = f.outcome(&[]);
+    assert!(!hits(&o, 2) && !hits(&o, 3) && !hits(&o, 4), "{o:?}");
+    ok(&forge(f.home.path(), &["fsck"]));
+}
