@@ -50,6 +50,9 @@ pub struct BuildArgs {
     /// Hash every context file again instead of trusting the stat cache.
     #[arg(long)]
     pub verify_context: bool,
+    /// An extra context: `COPY --from=NAME` reads directory DIR (repeatable).
+    #[arg(long = "build-context", value_name = "NAME=DIR")]
+    pub build_contexts: Vec<String>,
     /// Progress output: `auto` (tty on a terminal, plain otherwise), `plain`
     /// (one line per event), `tty` (a live progress view), `quiet`.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
@@ -427,6 +430,47 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         report: e.into(),
         code: 1,
     })?;
+    let mut named_contexts = std::collections::BTreeMap::new();
+    for spec in &args.build_contexts {
+        let Some((name, dir)) = spec
+            .split_once('=')
+            .filter(|(n, d)| !n.is_empty() && !d.is_empty())
+        else {
+            return Err(crate::usage(
+                format!("invalid --build-context `{spec}`"),
+                "write it as NAME=DIR",
+            ));
+        };
+        let dir = std::fs::canonicalize(dir).map_err(|e| Failure {
+            report: miette::miette!("cannot open build context {name} ({dir}): {e}"),
+            code: 1,
+        })?;
+        let named = forge_context::Context::open(&dir, None).map_err(|e| Failure {
+            report: e.into(),
+            code: 1,
+        })?;
+        let cache = store.root().join("forge/v1/statcache").join(
+            blake3::hash(dir.as_os_str().as_encoded_bytes())
+                .to_hex()
+                .as_str(),
+        );
+        let index = if args.verify_context {
+            named.scan_verify(Some(&cache))
+        } else {
+            named.scan(Some(&cache))
+        }
+        .map_err(|e| Failure {
+            report: e.into(),
+            code: 1,
+        })?;
+        named_contexts.insert(
+            name.to_string(),
+            forge_executor::build::NamedContext {
+                dir,
+                index: std::sync::Arc::new(index),
+            },
+        );
+    }
     let build_id = format!(
         "{}\0{}\0{}",
         context_dir.display(),
@@ -457,6 +501,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         no_cache_filter: args.no_cache_filter.clone(),
         explain_cache: args.explain_cache,
         build_id,
+        named_contexts,
     };
     let mode = match (args.quiet, args.progress) {
         (true, _) => ProgressMode::Quiet,

@@ -230,3 +230,37 @@ fn dockerignore_and_exclude_keep_files_out_of_the_copy() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("secret.txt"), "{}", stderr(&out));
 }
+
+#[test]
+fn copy_from_a_named_build_context() {
+    let f = Fixture::new("named-context");
+    let extra = TempDir::new("named-context-extra");
+    std::fs::create_dir_all(extra.path().join("conf")).expect("mkdir");
+    std::fs::write(extra.path().join("conf/app.ini"), b"[app]\n").expect("write");
+    std::fs::write(extra.path().join(".dockerignore"), b"*.secret\n").expect("write");
+    std::fs::write(extra.path().join("x.secret"), b"no\n").expect("write");
+    f.file(
+        "Dockerfile",
+        b"FROM base\nCOPY --from=extra / /opt/extra/\nRUN find /opt/extra -type f | sort\n",
+    );
+    let build = |args: &[&str]| {
+        let ctx = f.context.path().to_str().expect("utf-8");
+        let named = format!("extra={}", extra.path().display());
+        let mut all = vec!["build", "--progress", "plain", "--build-context", &named];
+        all.extend_from_slice(args);
+        all.push(ctx);
+        forge(f.home.path(), &all)
+    };
+    let out = build(&[]);
+    let log = stderr(&out);
+    ok(&out);
+    assert!(log.contains("#3 /opt/extra/.dockerignore"), "{log}");
+    assert!(log.contains("#3 /opt/extra/conf/app.ini"), "{log}");
+    assert!(!log.contains("x.secret"), "{log}");
+    // Cached until the named context changes.
+    let out = build(&[]);
+    assert!(stderr(&out).contains("#2 CACHED"), "{}", stderr(&out));
+    std::fs::write(extra.path().join("conf/app.ini"), b"[app]\nchanged\n").expect("write");
+    let out = build(&[]);
+    assert!(!stderr(&out).contains("#2 CACHED"), "{}", stderr(&out));
+}

@@ -93,6 +93,18 @@ pub struct BuildOptions {
     /// What identifies this build between runs (the build file and the
     /// context), for `--explain-cache`'s records.
     pub build_id: String,
+    /// `--build-context NAME=DIR`: directories that `COPY --from=NAME` reads
+    /// instead of an image of that name.
+    pub named_contexts: std::collections::BTreeMap<String, NamedContext>,
+}
+
+/// A `--build-context` directory, scanned (`.dockerignore` applied).
+#[derive(Debug, Clone)]
+pub struct NamedContext {
+    /// The directory (absolute).
+    pub dir: PathBuf,
+    /// Its scan.
+    pub index: std::sync::Arc<forge_context::Index>,
 }
 
 /// BuildKit's predefined proxy build args.
@@ -221,6 +233,14 @@ pub fn build(
     let mut image_sources: HashMap<String, ImageState> = HashMap::new();
     let mut image_digests: HashMap<NodeIndex, forge_graph::SourceDigest> = HashMap::new();
     for (reference, node) in graph.image_sources() {
+        if let Some(named) = opts.named_contexts.get(reference) {
+            // `--build-context NAME=DIR`: the whole directory is the input.
+            let selection = named.index.select(&[".".to_string()], &[]).map_err(|e| {
+                ExecutorError::InvalidImage(format!("build context {reference}: {e}"))
+            })?;
+            image_digests.insert(node, selection.digest());
+            continue;
+        }
         let record = store.resolve(reference).map_err(|e| {
             ExecutorError::InvalidImage(format!(
                 "COPY --from={reference}: {e}; make it with `forge import` or `forge load`"
@@ -732,6 +752,13 @@ impl Driver<'_> {
                     )))
                 }
             },
+            SourceRef::Image(name) if self.opts.named_contexts.contains_key(name) => {
+                let named = &self.opts.named_contexts[name];
+                FileFrom::Context {
+                    dir: named.dir.clone(),
+                    allowed: Some(named.index.entries.iter().map(|e| e.path.clone()).collect()),
+                }
+            }
             SourceRef::Image(image) => match self.image_sources.get(image) {
                 Some(state) => FileFrom::Image(state),
                 None => {
