@@ -400,3 +400,27 @@ fn the_context_or_the_dockerfile_can_come_from_stdin() {
     assert_eq!(both.status.code(), Some(1));
     assert!(stderr(&both).contains("cannot both come from standard input"));
 }
+
+#[test]
+fn run_heredocs_run_as_scripts_and_here_documents() {
+    let f = Fixture::new("heredoc");
+    f.write_dockerfile(
+        "# syntax=docker/dockerfile:1\n\
+         FROM base\n\
+         RUN <<EOF\n\
+         echo one > /a\n\
+         echo two > /b\n\
+         EOF\n\
+         RUN cat <<EOT > /c\n\
+         hello\n\
+         EOT\n\
+         RUN <<-'EOF' sh\n\
+         \techo tabbed > /d\n\
+         \tEOF\n\
+         RUN test \"$(echo $(cat /a /b /c /d))\" = \"one two hello tabbed\" && echo all-good\n",
+    );
+    let out = f.build(&[]);
+    let log = stderr(&out);
+    ok(&out);
+    assert!(log.contains("all-good"), "{log}");
+}

@@ -554,20 +554,27 @@ impl Driver<'_> {
         let created_by = created_by(step, run_args);
         match &step.op {
             Op::Run(run) => {
-                if !run.mounts.is_empty() || !run.heredocs.is_empty() || run.insecure {
+                if !run.mounts.is_empty() || run.insecure {
                     let what = if !run.mounts.is_empty() {
                         "RUN --mount"
-                    } else if run.insecure {
-                        "RUN --security=insecure"
                     } else {
-                        "RUN with a heredoc"
+                        "RUN --security=insecure"
                     };
                     return Err(ExecutorError::Unsupported {
                         step: label(),
                         what: what.to_string(),
                     });
                 }
-                let argv = command_argv(&run.command, &step.ctx.shell);
+                let argv = if run.heredocs.is_empty() {
+                    command_argv(&run.command, &step.ctx.shell)
+                } else {
+                    heredoc_argv(run, &step.ctx.shell).map_err(|what| {
+                        ExecutorError::Unsupported {
+                            step: label(),
+                            what,
+                        }
+                    })?
+                };
                 let network = match run.network {
                     NetworkMode::Default => self.opts.network,
                     NetworkMode::None => Network::None,
@@ -893,6 +900,45 @@ impl Driver<'_> {
             one_line(&step.origin.text)
         )
     }
+}
+
+/// The argv of a shell-form RUN with heredocs, as BuildKit runs it: `RUN
+/// <<EOF` alone is an inline script, run by the shell; otherwise the heredoc
+/// bodies follow the command line, and the shell reads them as the here-documents
+/// they are (`RUN cat <<EOF > /file`).
+fn heredoc_argv(run: &forge_ir::RunOp, shell: &[String]) -> Result<Vec<String>, String> {
+    let forge_ir::CommandLine::Shell(text) = &run.command else {
+        return Err("heredocs in an exec-form RUN".to_string());
+    };
+    let mut argv = command_argv(&forge_ir::CommandLine::Shell(String::new()), shell);
+    argv.pop();
+    let marker = text
+        .trim()
+        .trim_start_matches("<<")
+        .trim_start_matches('-')
+        .trim_matches(['"', '\'']);
+    match run.heredocs.as_slice() {
+        [only] if marker == only.name => {
+            if only.content.starts_with("#!") {
+                return Err("an inline RUN script with a #! line".to_string());
+            }
+            argv.push(only.content.clone());
+        }
+        heredocs => {
+            let mut script = text.clone();
+            script.push('\n');
+            for h in heredocs {
+                script.push_str(&h.content);
+                if !h.content.is_empty() && !h.content.ends_with('\n') {
+                    script.push('\n');
+                }
+                script.push_str(&h.name);
+                script.push('\n');
+            }
+            argv.push(script);
+        }
+    }
+    Ok(argv)
 }
 
 /// A command line for humans: words with spaces or quotes are quoted.
