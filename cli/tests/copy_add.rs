@@ -264,3 +264,27 @@ fn copy_from_a_named_build_context() {
     let out = build(&[]);
     assert!(!stderr(&out).contains("#2 CACHED"), "{}", stderr(&out));
 }
+
+#[test]
+fn copy_parents_keeps_the_source_directories() {
+    let f = Fixture::new("parents");
+    f.file("a/b/c.txt", b"c\n");
+    f.file("x/y.txt", b"y\n");
+    f.file("src/pkg/m.go", b"package m\n");
+    f.file("src/pkg/n.txt", b"not go\n");
+    f.file("src/dir/inner/z.txt", b"z\n");
+    let out = f.build(
+        "# syntax=docker/dockerfile:1.7-labs\n\
+         FROM base\n\
+         COPY --parents a/b/c.txt x/y.txt /p/\n\
+         COPY --parents ./src/./pkg/*.go /q/\n\
+         COPY --parents src/dir /r/\n\
+         RUN find /p /q /r -type f | sort | tr '\\n' ' '\n",
+    );
+    let log = stderr(&out);
+    ok(&out);
+    assert!(
+        log.contains("#5 /p/a/b/c.txt /p/x/y.txt /q/pkg/m.go /r/src/dir/inner/z.txt \n"),
+        "{log}"
+    );
+}

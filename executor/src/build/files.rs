@@ -83,6 +83,9 @@ pub struct FileStep<'a> {
     pub chmod: Option<u32>,
     /// ADD: extract local tar archives.
     pub unpack: bool,
+    /// Per-source destinations overriding `dest` (`COPY --parents`), aligned
+    /// with `sources`; empty when none.
+    pub dests: Vec<Option<String>>,
 }
 
 /// The destination of a COPY or ADD as BuildKit computes it: relative to
@@ -254,7 +257,12 @@ pub(super) fn prepare(
                     root,
                     path: path.clone(),
                     wildcards: true,
-                    dest: step.dest.clone(),
+                    dest: step
+                        .dests
+                        .get(n)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_else(|| step.dest.clone()),
                     unpack: step.unpack,
                 });
             }

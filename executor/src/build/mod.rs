@@ -384,6 +384,71 @@ impl Driver<'_> {
         Some(allowed)
     }
 
+    /// `COPY --parents`: one source per path the selection matched, each
+    /// copied under the destination with its parent directories (from the
+    /// context root, or from a `/./` pivot in the source, as BuildKit does).
+    fn keep_parents(
+        &self,
+        stage: &Stage,
+        step: &Step,
+        file_step: &mut FileStep<'_>,
+    ) -> Result<(), ExecutorError> {
+        let Op::Copy(copy) = &step.op else {
+            return Ok(());
+        };
+        let selection = stage
+            .steps
+            .iter()
+            .position(|s| std::ptr::eq(s, step))
+            .and_then(|index| self.step_node(stage.id, index))
+            .and_then(|node| self.selections.get(&node))
+            .ok_or_else(|| {
+                ExecutorError::FileAction(format!(
+                    "{}: a source of COPY --parents is not in the context",
+                    one_line(&step.origin.text)
+                ))
+            })?;
+        let base = file_step.dest.trim_end_matches('/').to_string();
+        let mut sources = Vec::new();
+        let mut dests = Vec::new();
+        for root in &selection.roots {
+            let written = copy
+                .sources
+                .get(root.source_index)
+                .map(String::as_str)
+                .unwrap_or("");
+            let written = written.trim_start_matches('/');
+            let kept = match written.split_once("/./") {
+                Some((pivot, _)) => {
+                    let pivot = pivot.trim_start_matches("./").trim_end_matches('/');
+                    root.path
+                        .strip_prefix(pivot)
+                        .map(|p| p.trim_start_matches('/'))
+                        .unwrap_or(&root.path)
+                        .to_string()
+                }
+                None => root.path.trim_start_matches("./").to_string(),
+            };
+            let under = if root.is_dir {
+                kept.clone()
+            } else {
+                kept.rsplit_once('/')
+                    .map(|(dir, _)| dir.to_string())
+                    .unwrap_or_default()
+            };
+            let dest = if under.is_empty() {
+                format!("{base}/")
+            } else {
+                format!("{base}/{under}/")
+            };
+            sources.push(FileSource::Path(root.path.clone()));
+            dests.push(Some(dest));
+        }
+        file_step.sources = sources;
+        file_step.dests = dests;
+        Ok(())
+    }
+
     /// The node of step `index` of `stage` (a stage's nodes are its base,
     /// then its steps in order).
     fn step_node(&self, stage: StageId, index: usize) -> Option<NodeIndex> {
@@ -638,53 +703,55 @@ impl Driver<'_> {
             step: label(),
             what: what.to_string(),
         };
-        let (keyword, sources, dest, from, chown, chmod, heredocs, unpack, checksum) =
-            match &step.op {
-                Op::Copy(c) => {
-                    if c.parents {
-                        return Err(unsupported("COPY --parents"));
-                    }
-                    if !c.exclude.is_empty()
-                        && (c.from != SourceRef::Context || self.opts.context_index.is_none())
-                    {
-                        // In the context, the selection applies them.
-                        return Err(unsupported("COPY --exclude from a stage or an image"));
-                    }
-                    (
-                        "COPY",
-                        &c.sources,
-                        &c.dest,
-                        &c.from,
-                        &c.chown,
-                        &c.chmod,
-                        &c.heredocs,
-                        false,
-                        None,
-                    )
+        let (keyword, sources, dest, from, chown, chmod, heredocs, unpack, checksum) = match &step
+            .op
+        {
+            Op::Copy(c) => {
+                if c.parents && (c.from != SourceRef::Context || self.opts.context_index.is_none())
+                {
+                    return Err(unsupported("COPY --parents from a stage or an image"));
                 }
-                Op::Add(a) => {
-                    if !a.exclude.is_empty() && self.opts.context_index.is_none() {
-                        return Err(unsupported("ADD --exclude without a scanned context"));
-                    }
-                    (
-                        "ADD",
-                        &a.sources,
-                        &a.dest,
-                        &SourceRef::Context,
-                        &a.chown,
-                        &a.chmod,
-                        &a.heredocs,
-                        a.unpack.unwrap_or(true),
-                        a.checksum.as_ref(),
-                    )
+                if !c.exclude.is_empty()
+                    && (c.from != SourceRef::Context || self.opts.context_index.is_none())
+                {
+                    // In the context, the selection applies them.
+                    return Err(unsupported("COPY --exclude from a stage or an image"));
                 }
-                _ => {
-                    return Err(ExecutorError::InvalidImage(format!(
-                        "`{}` copies nothing",
-                        label()
-                    )))
+                (
+                    "COPY",
+                    &c.sources,
+                    &c.dest,
+                    &c.from,
+                    &c.chown,
+                    &c.chmod,
+                    &c.heredocs,
+                    false,
+                    None,
+                )
+            }
+            Op::Add(a) => {
+                if !a.exclude.is_empty() && self.opts.context_index.is_none() {
+                    return Err(unsupported("ADD --exclude without a scanned context"));
                 }
-            };
+                (
+                    "ADD",
+                    &a.sources,
+                    &a.dest,
+                    &SourceRef::Context,
+                    &a.chown,
+                    &a.chmod,
+                    &a.heredocs,
+                    a.unpack.unwrap_or(true),
+                    a.checksum.as_ref(),
+                )
+            }
+            _ => {
+                return Err(ExecutorError::InvalidImage(format!(
+                    "`{}` copies nothing",
+                    label()
+                )))
+            }
+        };
         let fail = |msg: String| ExecutorError::FileAction(format!("{}: {msg}", label()));
         if sources.len() > 1 && !dest.ends_with('/') {
             return Err(fail(format!(
@@ -775,14 +842,19 @@ impl Driver<'_> {
                 }
             },
         };
-        Ok(FileStep {
+        let mut file_step = FileStep {
             sources: list,
             dest: destination(&step.ctx.workdir, dest),
             from,
             chown: chown.clone(),
             chmod,
             unpack,
-        })
+            dests: Vec::new(),
+        };
+        if matches!(&step.op, Op::Copy(c) if c.parents) {
+            self.keep_parents(stage, step, &mut file_step)?;
+        }
+        Ok(file_step)
     }
 
     /// Runs a COPY or ADD and adds its layer to `state`.
