@@ -20,6 +20,10 @@
 #   buildah_import ROOT TAR NAME  make a base image from a rootfs tarball
 #   forge_probe WORK              build forge, check `forge build` runs a RUN step;
 #                                 sets HAVE_FORGE=1/0 and FORGE (the binary)
+#   forge_probe_copy WORK [copy|add]  forge_probe, then check a COPY step (or ADD of a
+#                                 local tar) builds; HAVE_FORGE=0 with the reason if not
+#   debian_minbase_tar OUT        debootstrap bookworm minbase rootfs tar (~121 MB),
+#                                 made once, cached in $BENCH_FIXTURES
 #   layer_list ARCHIVE [all|-1]   normalized listing of image layers in a docker-archive
 #                                 (path, mode, uid:gid, type, size and content hash)
 #   same_outputs TITLE FILE...    compare listings, print the verdict, exit 1 on mismatch
@@ -247,4 +251,69 @@ dump_samples() {
 print_header() { printf '%-34s %10s %5s %12s  %s\n' "tool" "median" "runs" "vs BuildKit" "target"; }
 print_row() { # TOOL MEDIAN RUNS BASE TARGET
   printf '%-34s %10s %5s %12s  %s\n' "$1" "$2" "$3" "$(ratio "$2" "$4")" "$5"
+}
+
+# forge_probe_copy WORK [copy|add]: after forge_probe, check that `forge build` can
+# also run a COPY step (`copy`, the default) or ADD of a local tar, which must be
+# unpacked (`add`). forge exits 2 "COPY is not supported yet" while COPY/ADD are
+# being written; then HAVE_FORGE=0 and the reason is printed.
+forge_probe_copy() { # WORK [copy|add]
+  local what=${2:-copy} w=$1/forge-probe-copy out df
+  forge_probe "$1"
+  [[ $HAVE_FORGE == 1 ]] || return 0
+  rm -rf "$w"; mkdir -p "$w/ctx/sub" "$w/t/dir"
+  "$BENCH_REPO/scripts/make-rootfs" "$w/rootfs.tar"
+  echo hello >"$w/ctx/sub/a.txt"
+  echo inner >"$w/t/dir/in.txt"
+  tar --sort=name --mtime=@0 --numeric-owner --owner=0 --group=0 -C "$w/t" -cf "$w/ctx/t.tar" .
+  if [[ $what == add ]]; then
+    df='FROM probe-base\nADD t.tar /x/\nRUN test "$(cat /x/dir/in.txt)" = inner\n'
+  else
+    df='FROM probe-base\nCOPY sub /app/\nRUN test "$(cat /app/a.txt)" = hello\n'
+  fi
+  printf "$df" >"$w/ctx/Dockerfile"
+  if ! out=$(FORGE_HOME=$w/home "$FORGE" import "$w/rootfs.tar" probe-base:latest 2>&1); then
+    echo "forge: skipped — \`forge import\` fails: $(head -n3 <<<"$out" | tr '\n' ' ')"
+    HAVE_FORGE=0; return 0
+  fi
+  if ! out=$(FORGE_HOME=$w/home "$FORGE" build --network none --progress plain -t probe -f "$w/ctx/Dockerfile" "$w/ctx" 2>&1); then
+    echo "forge: skipped — \`forge build\` cannot run ${what^^} yet: $(grep -v '^\s*$' <<<"$out" | tail -n3 | tr '\n' ' ')"
+    HAVE_FORGE=0; return 0
+  fi
+  rm -rf "$w"
+}
+
+# debian_minbase_tar OUT: a Debian bookworm minbase rootfs tarball (~121 MB, no
+# .debs, apt lists or device nodes, like Debian's container images), made
+# once with debootstrap from the mirror in /etc/apt/sources.list.d/debian.sources
+# (~30 s) and cached in $BENCH_FIXTURES (default /tmp/forge-bench-fixtures); the tar
+# is written with --sort=name --mtime=@0 --numeric-owner, so packing the same tree
+# again gives the same bytes. OUT is a hardlink (or copy) of the cached tar.
+BENCH_FIXTURES=${BENCH_FIXTURES:-/tmp/forge-bench-fixtures}
+debian_minbase_tar() { # OUT
+  local cached=$BENCH_FIXTURES/debian-bookworm-minbase.tar mirror dir
+  if [[ ! -s $cached ]]; then
+    command -v debootstrap >/dev/null || { echo "debootstrap not installed (apt-get install debootstrap)" >&2; return 1; }
+    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    mirror=${mirror:-http://deb.debian.org/debian}
+    mkdir -p "$BENCH_FIXTURES"
+    dir=$BENCH_FIXTURES/debian-root.$$
+    rm -rf "$dir"
+    echo "fixture: debootstrap --variant=minbase bookworm from $mirror (once, ~30 s; cached in $BENCH_FIXTURES)"
+    if ! debootstrap --variant=minbase bookworm "$dir" "$mirror" >"$BENCH_FIXTURES/debootstrap.log" 2>&1; then
+      echo "debootstrap failed; log: $BENCH_FIXTURES/debootstrap.log" >&2
+      tail -n 5 "$BENCH_FIXTURES/debootstrap.log" >&2
+      unmount_under "$dir"; rm -rf "$dir"; return 1
+    fi
+    unmount_under "$dir"
+    # like Debian's container images: no downloaded .debs, no apt lists, no device nodes
+    find "$dir/var/cache/apt/archives" "$dir/var/lib/apt/lists" -type f -delete
+    rm -f "$dir"/var/cache/apt/*.bin
+    find "$dir/dev" -mindepth 1 -delete
+    tar --sort=name --mtime=@0 --numeric-owner -C "$dir" -cf "$cached.tmp" .
+    mv "$cached.tmp" "$cached"
+    rm -rf "$dir"
+  fi
+  rm -f "$1"
+  ln "$cached" "$1" 2>/dev/null || cp "$cached" "$1"
 }
