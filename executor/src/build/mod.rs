@@ -882,28 +882,38 @@ impl Driver<'_> {
             e => e,
         })?;
         match outcome {
-            Outcome::Done(new) => {
-                if state.layers.len() >= MAX_LAYERS {
-                    return Err(ExecutorError::TooManyLayers {
-                        step: self.step_label(stage, step),
-                        max: MAX_LAYERS,
-                    });
-                }
-                self.reporter.event(Event::Layer {
-                    vertex: v,
-                    entries: new.entries,
-                    bytes: new.bytes,
-                    elapsed: new.elapsed,
-                });
-                state.layers.push(new.layer);
-                Ok(())
-            }
+            Outcome::Done(new) => self.add_layer(stage, step, v, state, new),
             Outcome::Failed { code, tail } => Err(ExecutorError::FileAction(format!(
                 "{}: the copy exited with code {code}: {}",
                 self.step_label(stage, step),
                 tail.join("\n")
             ))),
         }
+    }
+
+    /// Adds a step's new layer to `state` (refusing the 128th) and reports it.
+    fn add_layer(
+        &self,
+        stage: &Stage,
+        step: &Step,
+        vertex: usize,
+        state: &mut ImageState,
+        new: NewLayer,
+    ) -> Result<(), ExecutorError> {
+        if state.layers.len() >= MAX_LAYERS {
+            return Err(ExecutorError::TooManyLayers {
+                step: self.step_label(stage, step),
+                max: MAX_LAYERS,
+            });
+        }
+        self.reporter.event(Event::Layer {
+            vertex,
+            entries: new.entries,
+            bytes: new.bytes,
+            elapsed: new.elapsed,
+        });
+        state.layers.push(new.layer);
+        Ok(())
     }
 
     /// Runs a sandbox step and adds its layer (if any) to `state`.
@@ -926,22 +936,7 @@ impl Driver<'_> {
         let v = vertex.unwrap_or(0);
         let output = move |line: &str| reporter.event(Event::Output { vertex: v, line });
         match runner.run(state, sandbox_step, &output)? {
-            Outcome::Done(new) => {
-                if state.layers.len() >= MAX_LAYERS {
-                    return Err(ExecutorError::TooManyLayers {
-                        step: self.step_label(stage, step),
-                        max: MAX_LAYERS,
-                    });
-                }
-                self.reporter.event(Event::Layer {
-                    vertex: v,
-                    entries: new.entries,
-                    bytes: new.bytes,
-                    elapsed: new.elapsed,
-                });
-                state.layers.push(new.layer);
-                Ok(())
-            }
+            Outcome::Done(new) => self.add_layer(stage, step, v, state, new),
             Outcome::Failed { code, tail } => Err(ExecutorError::RunFailed {
                 step: self.step_label(stage, step),
                 command: shell_words(argv),
