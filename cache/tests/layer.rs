@@ -3,23 +3,22 @@
 //! Runs as root in CI (chown and mknod are exercised); tools used: gzip, zstd,
 //! GNU tar, sha256sum, bzip2, xz (skipped with a message if absent).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use common::{assert_sentinel_intact, describe_tree, end, is_root, noise, raw_entry, walk};
 use forge_cache::layer::{
     apply_layer, compress_tar, decompress, detect, write_changes_layer, write_dir_layer,
     ApplyLimits, Change, Compression, DetectedCompression, LayerError, LayerInfo, LayerOptions,
 };
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::sys::time::TimeSpec;
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 fn have(tool: &str) -> bool {
     let ok = Command::new("sh")
@@ -75,19 +74,6 @@ fn set_mtime(path: &Path, secs: i64) {
         nix::sys::stat::UtimensatFlags::NoFollowSymlink,
     )
     .expect("utimensat");
-}
-
-/// Deterministic pseudo-random bytes (xorshift).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn text(seed: u64, len: usize) -> Vec<u8> {
@@ -265,19 +251,6 @@ fn source_date_epoch_clamps_but_keeps_older_times() {
     assert_eq!(times["new"], 5000);
 }
 
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(root).expect("read_dir") {
-        let p = e.expect("entry").path();
-        let m = fs::symlink_metadata(&p).expect("lstat");
-        if m.is_dir() {
-            out.extend(walk(&p));
-        }
-        out.push(p);
-    }
-    out
-}
-
 #[test]
 fn gzip_is_identical_for_any_thread_count_and_valid() {
     let a = tempfile::tempdir().expect("tempdir");
@@ -391,56 +364,6 @@ fn zstd_is_identical_for_any_thread_count_and_valid() {
     }
 }
 
-/// Everything observable about a tree, for comparisons.
-fn snapshot(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut inodes: BTreeMap<u64, String> = BTreeMap::new();
-    let mut paths = walk(root);
-    paths.sort();
-    for p in paths {
-        let rel = p
-            .strip_prefix(root)
-            .expect("under root")
-            .to_string_lossy()
-            .into_owned();
-        let m = fs::symlink_metadata(&p).expect("lstat");
-        let ft = m.file_type();
-        let mut desc = format!("mode={:o} uid={} gid={}", m.mode(), m.uid(), m.gid());
-        if ft.is_file() {
-            desc += &format!(
-                " size={} sum={}",
-                m.len(),
-                crc(&fs::read(&p).expect("read"))
-            );
-            if m.nlink() > 1 {
-                let first = inodes.entry(m.ino()).or_insert_with(|| rel.clone());
-                desc += &format!(" linkgroup={first}");
-            }
-        } else if ft.is_symlink() {
-            desc += &format!(" -> {}", fs::read_link(&p).expect("readlink").display());
-        } else if !ft.is_dir() {
-            desc += &format!(" rdev={}", m.rdev());
-        }
-        if !ft.is_dir() {
-            desc += &format!(" mtime={}", m.mtime());
-        }
-        if !ft.is_symlink() {
-            let mut names: Vec<_> = xattr::list(&p).expect("listxattr").collect();
-            names.sort();
-            for n in names {
-                let v = xattr::get(&p, &n).expect("getxattr").unwrap_or_default();
-                desc += &format!(" xattr {}={:?}", n.to_string_lossy(), v);
-            }
-        }
-        out.insert(rel, desc);
-    }
-    out
-}
-
-fn crc(data: &[u8]) -> u32 {
-    crc32fast::hash(data)
-}
-
 #[test]
 fn entries_round_trip_through_write_and_apply() {
     let src = tempfile::tempdir().expect("tempdir");
@@ -455,8 +378,8 @@ fn entries_round_trip_through_write_and_apply() {
             apply_layer(&mut &blob[..], dst.path(), &ApplyLimits::default()).expect("apply");
         assert_eq!(stats.uncompressed_bytes, info.uncompressed_size);
         assert_eq!(stats.compressed_bytes, info.size);
-        let want = snapshot(src.path());
-        let got = snapshot(dst.path());
+        let want = describe_tree(src.path());
+        let got = describe_tree(dst.path());
         assert_eq!(got, want, "{c:?}");
         assert!(got["etc/hostname"].contains("xattr user.forge.test"));
         assert!(got["usr/bin/tool"].contains("mode=104755"));
@@ -684,36 +607,6 @@ fn detect_and_decompress_formats() {
 // ---------------------------------------------------------------------------
 // Hostile layers.
 
-/// A raw ustar header with an arbitrary name (the tar crate's setters refuse `..`).
-fn raw_entry(out: &mut Vec<u8>, name: &str, kind: tar::EntryType, link: &str, data: &[u8]) {
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(kind);
-    h.set_mode(if kind == tar::EntryType::Directory {
-        0o755
-    } else {
-        0o644
-    });
-    h.set_size(data.len() as u64);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    {
-        let bytes = h.as_mut_bytes();
-        bytes[..100].fill(0);
-        bytes[..name.len()].copy_from_slice(name.as_bytes());
-        bytes[157..257].fill(0);
-        bytes[157..157 + link.len()].copy_from_slice(link.as_bytes());
-    }
-    h.set_cksum();
-    out.extend_from_slice(h.as_bytes());
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-}
-
-fn end(out: &mut Vec<u8>) {
-    out.extend_from_slice(&[0u8; 1024]);
-}
-
 /// `<tmp>/outside/` (a sentinel that must stay untouched) and `<tmp>/root/`.
 fn arena() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let t = tempfile::tempdir().expect("tempdir");
@@ -723,21 +616,6 @@ fn arena() -> (tempfile::TempDir, PathBuf, PathBuf) {
     fs::create_dir(&root).expect("mkdir");
     fs::write(outside.join("x"), b"sentinel").expect("write");
     (t, outside, root)
-}
-
-fn assert_sentinel_intact(outside: &Path) {
-    let mut names: Vec<_> = fs::read_dir(outside)
-        .expect("read_dir")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["x"], "something was written outside the root");
-    assert_eq!(fs::read(outside.join("x")).expect("read"), b"sentinel");
-    assert_eq!(
-        fs::metadata(outside.join("x")).expect("stat").nlink(),
-        1,
-        "sentinel was hardlinked"
-    );
 }
 
 fn refused(tar_bytes: &[u8], root: &Path, entry: &str) -> LayerError {

@@ -5,7 +5,8 @@
 //! Runs as root in CI (mknod, trusted xattrs, mount); the tests that need root
 //! say so and return when it is missing.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 
+use common::{assert_sentinel_intact, describe_tree, end, is_root, noise, raw_entry};
 use forge_cache::layer::{
     apply_layer, compress_tar, extract_layer, write_changes_layer, write_dir_layer, ApplyLimits,
     Change, Compression, ExtractOptions, LayerError, LayerInfo, LayerOptions, OverlayXattrs,
@@ -21,14 +23,6 @@ use forge_cache::layer::{
 use forge_cache::store::{sha256, Store};
 use forge_cache::{CacheError, Sha256Digest};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-
-fn is_root() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        println!("not root: whiteout devices, trusted xattrs and mounts need root, skipped");
-    }
-    root
-}
 
 fn opts(compression: Compression) -> LayerOptions {
     LayerOptions {
@@ -48,78 +42,6 @@ fn store_layer(
     let info = write(&mut writer).expect("write layer");
     writer.commit(Some(&info.digest)).expect("commit");
     info
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(root).expect("read_dir") {
-        let p = e.expect("entry").path();
-        let m = fs::symlink_metadata(&p).expect("lstat");
-        if m.is_dir() {
-            out.extend(walk(&p));
-        }
-        out.push(p);
-    }
-    out
-}
-
-/// Everything a container sees of a tree, except directory mtimes (which
-/// deletions in later layers change when flattening).
-fn view(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut inodes: BTreeMap<u64, String> = BTreeMap::new();
-    let mut paths = walk(root);
-    paths.sort();
-    for p in paths {
-        let rel = p
-            .strip_prefix(root)
-            .expect("under root")
-            .to_string_lossy()
-            .into_owned();
-        let m = fs::symlink_metadata(&p).expect("lstat");
-        let ft = m.file_type();
-        let mut desc = format!("mode={:o} uid={} gid={}", m.mode(), m.uid(), m.gid());
-        if ft.is_file() {
-            desc += &format!(
-                " size={} sum={}",
-                m.len(),
-                crc32fast::hash(&fs::read(&p).expect("read"))
-            );
-            if m.nlink() > 1 {
-                let first = inodes.entry(m.ino()).or_insert_with(|| rel.clone());
-                desc += &format!(" linkgroup={first}");
-            }
-        } else if ft.is_symlink() {
-            desc += &format!(" -> {}", fs::read_link(&p).expect("readlink").display());
-        } else if !ft.is_dir() {
-            desc += &format!(" rdev={}", m.rdev());
-        }
-        if !ft.is_dir() {
-            desc += &format!(" mtime={}", m.mtime());
-        }
-        if !ft.is_symlink() {
-            let mut names: Vec<_> = xattr::list(&p).expect("listxattr").collect();
-            names.sort();
-            for n in names {
-                let v = xattr::get(&p, &n).expect("getxattr").unwrap_or_default();
-                desc += &format!(" xattr {}={:?}", n.to_string_lossy(), v);
-            }
-        }
-        out.insert(rel, desc);
-    }
-    out
 }
 
 /// A read-only overlay mount, unmounted when dropped.
@@ -382,9 +304,9 @@ fn check_overlay_equals_flattened(xattrs: OverlayXattrs, mount_extra: &str) {
     let top_first: Vec<PathBuf> = links.iter().rev().cloned().collect();
     let got = {
         let _mount = Mount::new(&top_first, &merged, mount_extra);
-        view(&merged)
+        describe_tree(&merged)
     };
-    let want = view(&flat);
+    let want = describe_tree(&flat);
     assert_eq!(got, want);
     // And the flattened tree is what the layers mean.
     assert!(!flat.join("gone-file").exists() && !flat.join("gone-dir").exists());
@@ -598,13 +520,13 @@ fn concurrent_ensure_of_one_layer() {
         }
         assert!(snapshot_temps(&store).is_empty(), "losers cleaned up");
         let snap = store.snapshots().path(&layer.diff_id);
-        let mut got = view(&snap);
+        let mut got = describe_tree(&snap);
         assert!(fs::symlink_metadata(snap.join("deleted"))
             .expect("whiteout")
             .file_type()
             .is_char_device());
         got.remove("deleted");
-        assert_eq!(got, view(&flat));
+        assert_eq!(got, describe_tree(&flat));
         assert_eq!(store.snapshots().list().expect("list"), [layer.diff_id]);
         assert!(store.snapshots().remove(&layer.diff_id).expect("remove"));
     }
@@ -663,42 +585,6 @@ fn adopt_moves_an_upper_dir_in_or_discards_it() {
 }
 
 // Hostile layers, in overlay mode.
-
-/// A raw ustar header with an arbitrary name (the tar crate's setters refuse `..`).
-fn raw_entry(out: &mut Vec<u8>, name: &str, kind: tar::EntryType, link: &str, data: &[u8]) {
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(kind);
-    h.set_mode(0o644);
-    h.set_size(data.len() as u64);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    {
-        let bytes = h.as_mut_bytes();
-        bytes[..100].fill(0);
-        bytes[..name.len()].copy_from_slice(name.as_bytes());
-        bytes[157..257].fill(0);
-        bytes[157..157 + link.len()].copy_from_slice(link.as_bytes());
-    }
-    h.set_cksum();
-    out.extend_from_slice(h.as_bytes());
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-}
-
-fn end(out: &mut Vec<u8>) {
-    out.extend_from_slice(&[0u8; 1024]);
-}
-
-fn assert_sentinel_intact(outside: &Path) {
-    let mut names: Vec<_> = fs::read_dir(outside)
-        .expect("read_dir")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["x"], "something was written outside the root");
-    assert_eq!(fs::read(outside.join("x")).expect("read"), b"sentinel");
-}
 
 #[test]
 fn hostile_layers_are_refused_in_overlay_mode() {
