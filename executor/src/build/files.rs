@@ -271,19 +271,7 @@ pub(super) fn prepare(
                 fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
                 let name = url_file_name(url);
                 download(url, checksum.as_deref(), &dir.join(&name))?;
-                sources.push(SourceRoot {
-                    dir,
-                    mount: None,
-                    allowed: None,
-                    keep_owner: false,
-                });
-                items.push(CopyItem {
-                    root: sources.len() - 1,
-                    path: name,
-                    wildcards: false,
-                    dest: step.dest.clone(),
-                    unpack: false,
-                });
+                push_single_file(&mut sources, &mut items, dir, name, &step.dest);
             }
             FileSource::Inline { name, content } => {
                 if name.is_empty() || name == "." || name == ".." || name.contains('/') {
@@ -297,19 +285,7 @@ pub(super) fn prepare(
                 fs::write(&file, content).map_err(io("writing", &file))?;
                 fs::set_permissions(&file, fs::Permissions::from_mode(0o644))
                     .map_err(io("chmod", &file))?;
-                sources.push(SourceRoot {
-                    dir,
-                    mount: None,
-                    allowed: None,
-                    keep_owner: false,
-                });
-                items.push(CopyItem {
-                    root: sources.len() - 1,
-                    path: name.clone(),
-                    wildcards: false,
-                    dest: step.dest.clone(),
-                    unpack: false,
-                });
+                push_single_file(&mut sources, &mut items, dir, name.clone(), &step.dest);
             }
         }
     }
@@ -320,6 +296,30 @@ pub(super) fn prepare(
         chmod: step.chmod,
         scratch,
     })
+}
+
+/// A source root holding one prepared file (a download, a heredoc), copied
+/// as it is (no wildcards, never unpacked) to `dest`.
+fn push_single_file(
+    sources: &mut Vec<SourceRoot>,
+    items: &mut Vec<CopyItem>,
+    dir: PathBuf,
+    name: String,
+    dest: &str,
+) {
+    sources.push(SourceRoot {
+        dir,
+        mount: None,
+        allowed: None,
+        keep_owner: false,
+    });
+    items.push(CopyItem {
+        root: sources.len() - 1,
+        path: name,
+        wildcards: false,
+        dest: dest.to_string(),
+        unpack: false,
+    });
 }
 
 /// The source root of the step's paths.

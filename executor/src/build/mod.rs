@@ -857,6 +857,16 @@ impl Driver<'_> {
         Ok(file_step)
     }
 
+    /// The sandbox runner of this build.
+    fn runner(&self) -> Runner<'_> {
+        Runner {
+            store: self.store,
+            exe: &self.opts.exe,
+            layer: &self.opts.layer,
+            hostname: &self.opts.hostname,
+        }
+    }
+
     /// Runs a COPY or ADD and adds its layer to `state`.
     fn run_file(
         &self,
@@ -866,12 +876,7 @@ impl Driver<'_> {
         state: &mut ImageState,
         file: &FileStep<'_>,
     ) -> Result<(), ExecutorError> {
-        let runner = Runner {
-            store: self.store,
-            exe: &self.opts.exe,
-            layer: &self.opts.layer,
-            hostname: &self.opts.hostname,
-        };
+        let runner = self.runner();
         let reporter = self.reporter;
         let v = vertex.unwrap_or(0);
         let output = move |line: &str| reporter.event(Event::Output { vertex: v, line });
@@ -926,12 +931,7 @@ impl Driver<'_> {
         sandbox_step: &SandboxStep,
         argv: &[String],
     ) -> Result<(), ExecutorError> {
-        let runner = Runner {
-            store: self.store,
-            exe: &self.opts.exe,
-            layer: &self.opts.layer,
-            hostname: &self.opts.hostname,
-        };
+        let runner = self.runner();
         let reporter = self.reporter;
         let v = vertex.unwrap_or(0);
         let output = move |line: &str| reporter.event(Event::Output { vertex: v, line });

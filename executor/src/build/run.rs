@@ -92,15 +92,21 @@ enum Job<'j> {
     File(&'j FileStep<'j>),
 }
 
-/// The no-command sandbox step a file action runs in.
-fn file_sandbox_step() -> SandboxStep {
-    SandboxStep {
-        argv: Vec::new(),
-        env: Vec::new(),
-        user: String::new(),
-        cwd: "/".to_string(),
-        workdir_owned_by_user: false,
-        network: Network::None,
+impl<'j> Job<'j> {
+    /// The sandbox step to run: the command's, or for a file action the
+    /// no-command step it runs in.
+    fn sandbox_step(self) -> std::borrow::Cow<'j, SandboxStep> {
+        match self {
+            Job::Exec(step) => std::borrow::Cow::Borrowed(step),
+            Job::File(_) => std::borrow::Cow::Owned(SandboxStep {
+                argv: Vec::new(),
+                env: Vec::new(),
+                user: String::new(),
+                cwd: "/".to_string(),
+                workdir_owned_by_user: false,
+                network: Network::None,
+            }),
+        }
     }
 }
 
@@ -419,14 +425,7 @@ impl Runner<'_> {
         job: Job<'_>,
         output: &(dyn Fn(&str) + Sync),
     ) -> Result<Outcome, ExecutorError> {
-        let file_step;
-        let step = match job {
-            Job::Exec(step) => step,
-            Job::File(_) => {
-                file_step = file_sandbox_step();
-                &file_step
-            }
-        };
+        let step = job.sandbox_step();
         let mut lower_dirs = self.lower_dirs(state)?;
         let (dir, etc_files) = self.run_dir(&["upper", "work", "empty"])?;
         let root = dir.0.clone();
@@ -440,7 +439,7 @@ impl Runner<'_> {
             upper_dir: upper.clone(),
             work_dir: root.join("work"),
         };
-        let spec = self.spec(rootfs, root.join("merged"), step, etc_files);
+        let spec = self.spec(rootfs, root.join("merged"), &step, etc_files);
         if let Some(failed) = self.run_spec(&spec, job, &root, false, output)?.failure() {
             return Ok(failed);
         }
@@ -473,14 +472,7 @@ impl Runner<'_> {
         job: Job<'_>,
         output: &(dyn Fn(&str) + Sync),
     ) -> Result<Outcome, ExecutorError> {
-        let file_step;
-        let step = match job {
-            Job::Exec(step) => step,
-            Job::File(_) => {
-                file_step = file_sandbox_step();
-                &file_step
-            }
-        };
+        let step = job.sandbox_step();
         let (dir, etc_files) = self.run_dir(&["root"])?;
         let root = dir.0.join("root");
         for layer in &state.layers {
@@ -490,7 +482,7 @@ impl Runner<'_> {
         let (before, latest) = copy::scan(&root)?;
         copy::wait_for_clock(&dir.0, latest)?;
         let rootfs = Rootfs::Directory { dir: root.clone() };
-        let spec = self.spec(rootfs, dir.0.join("merged"), step, etc_files);
+        let spec = self.spec(rootfs, dir.0.join("merged"), &step, etc_files);
         if let Some(failed) = self.run_spec(&spec, job, &dir.0, true, output)?.failure() {
             return Ok(failed);
         }

@@ -58,6 +58,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::error_chain;
 use super::user;
 
 /// Where the sources of one [`CopyItem`] are read.
@@ -752,17 +753,6 @@ fn unpack(
     copier.chown = chown;
     let _ = fs::remove_dir_all(&staging);
     result
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -661,7 +661,8 @@ fn fail_setup_with(report: &mut Option<std::fs::File>, msg: &str) -> ! {
     std::process::exit(SETUP_FAILED_EXIT)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, `: `-joined (what a setup report carries).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
