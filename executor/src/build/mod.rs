@@ -571,8 +571,8 @@ impl Driver<'_> {
                 explain::remember(self.store, &slot, recipe);
             }
             if let Some(manifest) = cached {
-                state = ImageState::from_store(self.store, &manifest)?;
-                committed = state.commit(self.store, self.opts.layer.source_date_epoch)?;
+                // The cached image is committed already: nothing to write.
+                (state, committed) = ImageState::stored(self.store, &manifest)?;
                 if let Some(vertex) = vertex {
                     self.reporter.event(Event::Cached { vertex });
                 }

@@ -69,6 +69,18 @@ impl ImageState {
     /// Missing or malformed blobs, or a config whose `diff_ids` do not match
     /// the manifest's layers.
     pub fn from_store(store: &Store, manifest: &Sha256Digest) -> Result<Self, ExecutorError> {
+        Ok(Self::stored(store, manifest)?.0)
+    }
+
+    /// [`ImageState::from_store`], with the image as it is committed (what a
+    /// step-cache hit is: nothing to write again).
+    ///
+    /// # Errors
+    /// As [`ImageState::from_store`].
+    pub fn stored(
+        store: &Store,
+        manifest: &Sha256Digest,
+    ) -> Result<(Self, Committed), ExecutorError> {
         let parsed = store.manifest_by_digest(manifest).map_err(store_err)?;
         let config_digest: Sha256Digest = parsed
             .config()
@@ -111,7 +123,19 @@ impl ImageState {
                 diff_id,
             });
         }
-        Ok(ImageState { config, layers })
+        let manifest_size = std::fs::metadata(store.blob_path(manifest))
+            .map_err(|source| ExecutorError::Io {
+                what: "reading the size of",
+                path: store.blob_path(manifest),
+                source,
+            })?
+            .len();
+        let committed = Committed {
+            id: config_digest,
+            manifest: *manifest,
+            manifest_size,
+        };
+        Ok((ImageState { config, layers }, committed))
     }
 
     /// The `config` object (Env, Cmd, ...), created if absent.
