@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -50,30 +49,7 @@ fn stderr(out: &Output) -> String {
 
 /// Serves `body` at every path for `requests` requests; the base URL.
 fn serve(body: Vec<u8>, requests: usize) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(requests) {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut line = String::new();
-            reader.read_line(&mut line).ok();
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
-                    break;
-                }
-            }
-            let mut reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            )
-            .into_bytes();
-            reply.extend_from_slice(&body);
-            stream.write_all(&reply).ok();
-        }
-    });
-    format!("http://{addr}")
+    common::serve(body, None, requests)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -511,37 +511,8 @@ fn load_refuses_entries_that_leave_the_archive() {
 
 /// Serves one file over HTTP on loopback (`/rootfs.tar`; 404 elsewhere).
 fn serve_file(path: &Path, requests: usize) -> String {
-    use std::io::{BufRead, BufReader, Write};
     let body = std::fs::read(path).expect("file to serve");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(requests) {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut line = String::new();
-            reader.read_line(&mut line).ok();
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
-                    break;
-                }
-            }
-            let reply = if line.starts_with("GET /rootfs.tar ") {
-                let mut r = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                )
-                .into_bytes();
-                r.extend_from_slice(&body);
-                r
-            } else {
-                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
-            };
-            stream.write_all(&reply).ok();
-        }
-    });
-    format!("http://{addr}")
+    common::serve(body, Some("/rootfs.tar"), requests)
 }
 
 #[test]

@@ -113,3 +113,40 @@ pub fn differential_cases() -> Vec<(String, PathBuf)> {
     cases.sort();
     cases
 }
+
+/// A one-thread HTTP server on loopback for `requests` requests: `body` at
+/// `only` (404 for any other path), or at every path when `only` is `None`.
+/// Returns the base URL.
+pub fn serve(body: Vec<u8>, only: Option<&'static str>, requests: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            reader.read_line(&mut line).ok();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
+                    break;
+                }
+            }
+            let found = only.is_none_or(|path| line.starts_with(&format!("GET {path} ")));
+            let reply = if found {
+                let mut r = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                r.extend_from_slice(&body);
+                r
+            } else {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+            };
+            stream.write_all(&reply).ok();
+        }
+    });
+    format!("http://{addr}")
+}
