@@ -15,7 +15,8 @@ use std::process::{Command, Stdio};
 use common::{assert_sentinel_intact, describe_tree, end, is_root, noise, raw_entry, walk};
 use forge_cache::layer::{
     apply_layer, compress_tar, decompress, detect, write_changes_layer, write_dir_layer,
-    ApplyLimits, Change, Compression, DetectedCompression, LayerError, LayerInfo, LayerOptions,
+    write_planned_layer, ApplyLimits, Change, Compression, DetectedCompression, LayerError,
+    LayerInfo, LayerOptions, PlannedEntry, PlannedKind,
 };
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::sys::time::TimeSpec;
@@ -915,4 +916,97 @@ fn decompression_bombs_are_refused() {
     let err = apply_layer(&mut &many[..], &root, &limits).expect_err("entries");
     assert!(err.to_string().contains("`f10`"), "{err}");
     assert_sentinel_intact(&outside);
+}
+
+/// The plan of `root`'s tree as the directory writer would read it.
+fn plan_of(root: &Path) -> BTreeMap<Vec<u8>, PlannedEntry> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let mut plan = BTreeMap::new();
+    for path in walk(root) {
+        let meta = fs::symlink_metadata(&path).expect("lstat");
+        let rel = path.strip_prefix(root).expect("under root");
+        let Some(kind) = PlannedKind::of(&path, &meta).expect("readlink") else {
+            continue;
+        };
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let mut name = rel.as_os_str().as_bytes().to_vec();
+        if meta.is_dir() {
+            name.push(b'/');
+        }
+        plan.insert(
+            name,
+            PlannedEntry {
+                kind,
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mtime: meta.mtime(),
+                xattrs_from: Some(path.clone()),
+            },
+        );
+    }
+    plan
+}
+
+#[test]
+fn a_planned_layer_of_a_tree_is_the_trees_layer() {
+    let a = tempfile::tempdir().expect("tempdir");
+    make_tree(a.path(), false);
+    for c in [Compression::None, Compression::Gzip] {
+        let o = opts(c, 2);
+        let (by_dir, dir_info) = write_layer(a.path(), &o);
+        let mut by_plan = Vec::new();
+        let plan_info =
+            write_planned_layer(plan_of(a.path()), &o, &mut by_plan).expect("planned layer");
+        assert_eq!(plan_info, dir_info, "{c:?}");
+        assert_eq!(by_plan, by_dir, "{c:?}");
+    }
+    // Metadata is taken from the plan, not the disk; a hard link's second
+    // name in tar order links to the first.
+    let mut plan = plan_of(a.path());
+    for entry in plan.values_mut() {
+        (entry.uid, entry.gid, entry.mtime) = (7, 8, 1);
+        entry.xattrs_from = None;
+    }
+    let mut tar_bytes = Vec::new();
+    write_planned_layer(plan, &opts(Compression::None, 1), &mut tar_bytes).expect("layer");
+    let mut ar = tar::Archive::new(&tar_bytes[..]);
+    for entry in ar.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let h = entry.header();
+        assert_eq!((h.uid().ok(), h.gid().ok()), (Some(7), Some(8)));
+        assert_eq!(h.mtime().ok(), Some(0), "clamped to SOURCE_DATE_EPOCH 0");
+        if entry.path_bytes().as_ref() == b"usr/hostname-hard" {
+            assert_eq!(h.entry_type(), tar::EntryType::Link);
+            assert_eq!(
+                entry.link_name_bytes().as_deref(),
+                Some(&b"etc/hostname"[..])
+            );
+        }
+        assert!(entry.pax_extensions().ok().flatten().is_none_or(|mut x| {
+            x.all(|r| !r.is_ok_and(|r| r.key_bytes().starts_with(b"SCHILY.xattr")))
+        }));
+    }
+}
+
+#[test]
+fn an_uncompressed_blob_is_its_own_diff_id() {
+    use sha2::{Digest, Sha256};
+    let a = tempfile::tempdir().expect("tempdir");
+    make_tree(a.path(), true);
+    let (blob, info) = write_layer(a.path(), &opts(Compression::None, 2));
+    let hex: String = Sha256::digest(&blob)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(info.digest, info.diff_id);
+    assert_eq!(info.digest.to_string(), format!("sha256:{hex}"));
+    assert_eq!(info.uncompressed_size, blob.len() as u64);
+    assert!(
+        blob.len() > 2 * forge_cache::layer::GZIP_CHUNK,
+        "several chunks hashed"
+    );
 }

@@ -1,6 +1,8 @@
 //! The image store on real files: blobs, tags, resolution, concurrency, crash
 //! safety, fsck, prune, and skopeo reading it.
 
+mod common;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -57,32 +59,23 @@ fn diff_id(gz: &[u8]) -> Sha256Digest {
 fn make_image(store: &Store, seed: &str) -> TestImage {
     let layer_bytes = gzipped_tar(seed.as_bytes());
     let layer = store.put_blob(&layer_bytes).expect("layer");
-    let config_bytes = serde_json::to_vec(&serde_json::json!({
-        "created": "2024-01-01T00:00:00Z",
-        "architecture": "amd64",
-        "os": "linux",
-        "config": { "Env": ["SEED=".to_string() + seed], "Cmd": ["/bin/sh"] },
-        "rootfs": { "type": "layers", "diff_ids": [diff_id(&layer_bytes).to_string()] },
-        "history": [{ "created_by": "test" }]
-    }))
-    .expect("config json");
-    let config = store.put_blob(&config_bytes).expect("config");
-    let manifest_bytes = serde_json::to_vec_pretty(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config.to_string(),
-            "size": config_bytes.len()
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": layer.to_string(),
-            "size": layer_bytes.len()
-        }]
-    }))
-    .expect("manifest json");
-    let digest = store.put_blob(&manifest_bytes).expect("manifest");
+    let put = common::put_manifest(
+        store,
+        &serde_json::json!({
+            "created": "2024-01-01T00:00:00Z",
+            "architecture": "amd64",
+            "os": "linux",
+            "config": { "Env": ["SEED=".to_string() + seed], "Cmd": ["/bin/sh"] },
+            "rootfs": { "type": "layers", "diff_ids": [diff_id(&layer_bytes).to_string()] },
+            "history": [{ "created_by": "test" }]
+        }),
+        (
+            &layer,
+            layer_bytes.len(),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        ),
+    );
+    let (digest, manifest_bytes, config) = (put.manifest, put.manifest_bytes, put.config);
     let manifest = Descriptor::new(
         MediaType::ImageManifest,
         manifest_bytes.len() as u64,

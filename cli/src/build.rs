@@ -1,6 +1,7 @@
 //! `forge build`: lowering against the store, running the build, progress
 //! output, tagging.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -12,7 +13,9 @@ use forge_cache::image::host_architecture;
 use forge_cache::reference::Reference;
 use forge_cache::store::Store;
 use forge_cache::Sha256Digest;
-use forge_executor::build::{BuildOptions, Event, Reporter};
+use forge_executor::build::{
+    context_base_digest, named_context, BuildOptions, Event, NamedContext, Reporter,
+};
 use forge_executor::sandbox::Network;
 use forge_executor::ExecutorError;
 use forge_frontend::resolve::{BaseImage, BaseResolver};
@@ -50,8 +53,14 @@ pub struct BuildArgs {
     /// Hash every context file again instead of trusting the stat cache.
     #[arg(long)]
     pub verify_context: bool,
-    /// An extra context: `COPY --from=NAME` reads directory DIR (repeatable).
-    #[arg(long = "build-context", value_name = "NAME=DIR")]
+    /// An extra context (repeatable): `NAME=DIR`, a directory that `COPY
+    /// --from=NAME` reads and `FROM NAME` starts from, or
+    /// `NAME=docker-image://IMAGE`, an image of the store used wherever NAME
+    /// is named as an image.
+    #[arg(
+        long = "build-context",
+        value_name = "NAME=DIR|NAME=docker-image://IMAGE"
+    )]
     pub build_contexts: Vec<String>,
     /// Progress output: `auto` (tty on a terminal, plain otherwise), `plain`
     /// (one line per event), `tty` (a live progress view), `quiet`.
@@ -151,6 +160,101 @@ impl BaseResolver for StoreResolver<'_> {
             shell: strings("Shell"),
             onbuild: strings("OnBuild"),
         }))
+    }
+}
+
+/// `--build-context NAME=DIR` (scanned, its own `.dockerignore` applied, a
+/// stat cache per directory as for the main context) and
+/// `--build-context NAME=docker-image://IMAGE`.
+fn named_contexts(
+    args: &BuildArgs,
+    store: &Store,
+) -> Result<BTreeMap<String, NamedContext>, Failure> {
+    let mut named_contexts = BTreeMap::new();
+    for spec in &args.build_contexts {
+        let Some((name, value)) = spec
+            .split_once('=')
+            .filter(|(n, d)| !n.is_empty() && !d.is_empty())
+        else {
+            return Err(crate::usage(
+                format!("invalid --build-context `{spec}`"),
+                "write it as NAME=DIR or NAME=docker-image://IMAGE",
+            ));
+        };
+        if let Some(image) = value.strip_prefix("docker-image://") {
+            Reference::parse(image)?;
+            named_contexts.insert(name.to_string(), NamedContext::Image(image.to_string()));
+            continue;
+        }
+        if let Some((scheme, _)) = value.split_once("://") {
+            return Err(crate::usage(
+                format!("--build-context {name}: `{scheme}://` contexts are not supported yet"),
+                "give a directory, or docker-image://IMAGE for an image of the store",
+            ));
+        }
+        let dir = std::fs::canonicalize(value).map_err(|e| Failure {
+            report: miette::miette!("cannot open build context {name} ({value}): {e}"),
+            code: 1,
+        })?;
+        let named = forge_context::Context::open(&dir, None).map_err(|e| Failure {
+            report: e.into(),
+            code: 1,
+        })?;
+        let cache = store.root().join("forge/v1/statcache").join(
+            blake3::hash(dir.as_os_str().as_encoded_bytes())
+                .to_hex()
+                .as_str(),
+        );
+        if let Some(parent) = cache.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let index = if args.verify_context {
+            named.scan_verify(Some(&cache))
+        } else {
+            named.scan(Some(&cache))
+        }
+        .map_err(|e| Failure {
+            report: e.into(),
+            code: 1,
+        })?;
+        named_contexts.insert(
+            name.to_string(),
+            NamedContext::Dir {
+                dir,
+                index: std::sync::Arc::new(index),
+            },
+        );
+    }
+    Ok(named_contexts)
+}
+
+/// Base images, with `--build-context` names first (BuildKit's rule): a
+/// `docker-image://IMAGE` context resolves as IMAGE does; a directory
+/// context to an empty config whose digest, for cache keys, is the
+/// directory's content digest (the executor makes its layer); any other
+/// name from the store.
+struct NamedContextResolver<'s> {
+    store: StoreResolver<'s>,
+    named: &'s BTreeMap<String, NamedContext>,
+}
+
+impl BaseResolver for NamedContextResolver<'_> {
+    fn resolve(
+        &self,
+        reference: &str,
+        platform: Option<&str>,
+    ) -> Result<Option<BaseImage>, String> {
+        match named_context(self.named, reference) {
+            Some(NamedContext::Image(image)) => self
+                .store
+                .resolve(image, platform)
+                .map_err(|e| format!("build context {reference} (docker-image://{image}): {e}")),
+            Some(NamedContext::Dir { index, .. }) => Ok(Some(BaseImage {
+                digest: context_base_digest(index).map_err(|e| e.to_string())?,
+                ..BaseImage::default()
+            })),
+            None => self.store.resolve(reference, platform),
+        }
     }
 }
 
@@ -360,7 +464,12 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         }
     }
     let store = open_store()?;
-    let resolver = StoreResolver { store: &store };
+    // Named contexts first: `FROM NAME` may stand for one.
+    let named_contexts = named_contexts(args, &store)?;
+    let resolver = NamedContextResolver {
+        store: StoreResolver { store: &store },
+        named: &named_contexts,
+    };
     // `forge build -`: the context (a tar, maybe compressed) or a lone
     // Dockerfile on standard input, as with docker.
     if args.input.context.as_os_str() == "-"
@@ -430,47 +539,6 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         report: e.into(),
         code: 1,
     })?;
-    let mut named_contexts = std::collections::BTreeMap::new();
-    for spec in &args.build_contexts {
-        let Some((name, dir)) = spec
-            .split_once('=')
-            .filter(|(n, d)| !n.is_empty() && !d.is_empty())
-        else {
-            return Err(crate::usage(
-                format!("invalid --build-context `{spec}`"),
-                "write it as NAME=DIR",
-            ));
-        };
-        let dir = std::fs::canonicalize(dir).map_err(|e| Failure {
-            report: miette::miette!("cannot open build context {name} ({dir}): {e}"),
-            code: 1,
-        })?;
-        let named = forge_context::Context::open(&dir, None).map_err(|e| Failure {
-            report: e.into(),
-            code: 1,
-        })?;
-        let cache = store.root().join("forge/v1/statcache").join(
-            blake3::hash(dir.as_os_str().as_encoded_bytes())
-                .to_hex()
-                .as_str(),
-        );
-        let index = if args.verify_context {
-            named.scan_verify(Some(&cache))
-        } else {
-            named.scan(Some(&cache))
-        }
-        .map_err(|e| Failure {
-            report: e.into(),
-            code: 1,
-        })?;
-        named_contexts.insert(
-            name.to_string(),
-            forge_executor::build::NamedContext {
-                dir,
-                index: std::sync::Arc::new(index),
-            },
-        );
-    }
     let build_id = format!(
         "{}\0{}\0{}",
         context_dir.display(),
@@ -490,7 +558,14 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             Network::Host
         },
         no_cache: args.no_cache,
-        layer: forge_cache::layer::LayerOptions::from_env(),
+        // Layers a build makes stay uncompressed in the store, as Docker's
+        // engine and containers/storage keep them: compressing is work for
+        // the push or the export that needs it (gzip is most of the time of
+        // a COPY-heavy step), and the image ID does not depend on it.
+        layer: forge_cache::layer::LayerOptions {
+            compression: forge_cache::layer::Compression::None,
+            ..forge_cache::layer::LayerOptions::from_env()
+        },
         hostname: "forge".to_string(),
         proxy_env: crate::parse_build_args(&args.input.build_args)?
             .into_iter()
@@ -551,5 +626,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             })?;
         }
     }
+    // The cache's size cap (`config.toml`), once the new images are tagged.
+    crate::config::enforce_cache_cap_after_build(&store, mode == ProgressMode::Quiet);
     Ok(())
 }

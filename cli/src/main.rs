@@ -3,6 +3,7 @@
 //! environment, 101: a bug in forge).
 
 mod build;
+mod config;
 mod human;
 mod images;
 
@@ -51,7 +52,7 @@ enum Command {
     /// Check the store; `--repair` removes what is broken.
     Fsck(images::FsckArgs),
     /// Remove blobs no image, build or container uses.
-    Prune(images::PruneArgs),
+    Prune(config::PruneCommand),
     /// Tools for looking inside forge.
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -188,7 +189,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Save(args) => images::save(&args),
         Command::Load(args) => images::load(&args),
         Command::Fsck(args) => images::fsck(&args),
-        Command::Prune(args) => images::prune(&args),
+        Command::Prune(args) => config::prune(&args),
         Command::Build(args) => {
             if args.dry_run {
                 return plan(&args.input, args.format);

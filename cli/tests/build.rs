@@ -12,37 +12,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{forge, forge_cmd, ok, rootfs, TempDir};
+use common::{forge, forge_cmd, ok, Fixture, TempDir};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A store with the busybox base imported as `base:latest`, and a context dir.
-struct Fixture {
-    home: TempDir,
-    context: TempDir,
-}
-
 impl Fixture {
-    fn new(name: &str) -> Self {
-        let home = TempDir::new(&format!("{name}-home"));
-        let context = TempDir::new(&format!("{name}-ctx"));
-        let tar = rootfs().to_str().expect("utf-8 path");
-        ok(&forge(home.path(), &["import", tar, "base:latest"]));
-        Self { home, context }
-    }
-
     fn write_dockerfile(&self, text: &str) {
         std::fs::write(self.context.path().join("Dockerfile"), text).expect("write Dockerfile");
     }
 
     fn build(&self, extra: &[&str]) -> Output {
-        let ctx = self.context.path().to_str().expect("utf-8 path");
-        let mut args = vec!["build", "--progress", "plain"];
-        args.extend_from_slice(extra);
-        args.push(ctx);
-        forge(self.home.path(), &args)
+        self.forge_build(extra)
     }
 
     fn inspect(&self, name: &str) -> Value {

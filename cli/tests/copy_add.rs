@@ -9,37 +9,12 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{forge, ok, rootfs, TempDir};
-
-struct Fixture {
-    home: TempDir,
-    context: TempDir,
-}
+use common::{forge, ok, Fixture, TempDir};
 
 impl Fixture {
-    fn new(name: &str) -> Self {
-        let home = TempDir::new(&format!("{name}-home"));
-        let context = TempDir::new(&format!("{name}-ctx"));
-        let tar = rootfs().to_str().expect("utf-8 path");
-        ok(&forge(home.path(), &["import", tar, "base:latest"]));
-        Self { home, context }
-    }
-
-    fn file(&self, name: &str, bytes: &[u8]) {
-        let path = self.context.path().join(name);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).expect("mkdir");
-        }
-        std::fs::write(path, bytes).expect("write context file");
-    }
-
     fn build(&self, dockerfile: &str) -> Output {
         self.file("Dockerfile", dockerfile.as_bytes());
-        let ctx = self.context.path().to_str().expect("utf-8 path");
-        forge(
-            self.home.path(),
-            &["build", "--progress", "plain", "--network", "host", ctx],
-        )
+        self.forge_build(&["--network", "host"])
     }
 }
 
@@ -262,5 +237,86 @@ fn copy_parents_keeps_the_source_directories() {
     assert!(
         log.contains("#5 /p/a/b/c.txt /p/x/y.txt /q/pkg/m.go /r/src/dir/inner/z.txt \n"),
         "{log}"
+    );
+}
+
+#[test]
+fn copy_link_makes_its_layer_on_an_empty_root() {
+    let f = Fixture::new("link");
+    f.file("top.txt", b"top\n");
+    let out = f.build(
+        "FROM base\n\
+         RUN mkdir -p /srv/app /data && chmod 750 /srv && chmod 700 /data && echo keep > /srv/app/old\n\
+         COPY --link top.txt /srv/app/new/\n\
+         COPY --link --chown=nobody:nogroup --chmod=640 top.txt /opt/owned.txt\n\
+         COPY top.txt /data/sub/\n\
+         RUN stat -c '%a %u:%g %n' /srv /srv/app/new /srv/app/new/top.txt /opt/owned.txt /data \
+             | tr '\\n' ' ' && cat /srv/app/old\n",
+    );
+    let log = stderr(&out);
+    ok(&out);
+    // The linked layer's own `/srv` (created 0755) is what the image shows;
+    // the earlier layer's file is still there. Without --link, `/data` keeps
+    // its mode.
+    assert!(
+        log.contains(
+            "755 0:0 /srv 755 0:0 /srv/app/new 644 0:0 /srv/app/new/top.txt \
+             640 65534:65534 /opt/owned.txt 700 0:0 /data keep"
+        ),
+        "{log}"
+    );
+}
+
+/// The diff_ids of an image, from `forge inspect`.
+fn diff_ids(home: &Path, image: &str) -> Vec<String> {
+    let out = ok(&forge(home, &["inspect", image]));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("inspect prints JSON");
+    let first = v.get(0).unwrap_or(&v);
+    first["RootFS"]["Layers"]
+        .as_array()
+        .expect("RootFS.Layers")
+        .iter()
+        .map(|d| d.as_str().expect("a digest").to_string())
+        .collect()
+}
+
+#[test]
+fn a_copy_layer_is_extracted_only_when_a_step_runs_on_it() {
+    let f = Fixture::new("lazy");
+    for n in 0..50 {
+        f.file(
+            &format!("src/d{}/f{n}.txt", n % 5),
+            format!("{n}\n").as_bytes(),
+        );
+    }
+    let ctx = f.context.path().to_str().expect("utf-8 path");
+    f.file("Dockerfile", b"FROM base\nCOPY src /app/\n");
+    ok(&forge(
+        f.home.path(),
+        &["build", "-q", "-t", "lazy:copy", ctx],
+    ));
+    let copy_layer = diff_ids(f.home.path(), "lazy:copy").pop().expect("a layer");
+    let snapshot = f
+        .home
+        .path()
+        .join("forge/v1/snapshots")
+        .join(copy_layer.trim_start_matches("sha256:"));
+    // Written straight from the context: nothing extracted.
+    assert!(!snapshot.exists(), "{} exists", snapshot.display());
+    f.file(
+        "Dockerfile",
+        b"FROM base\nCOPY src /app/\nRUN test \"$(cat /app/d3/f13.txt)\" = 13 && ls /app | wc -l\n",
+    );
+    let out = forge(
+        f.home.path(),
+        &["build", "--progress", "plain", "-t", "lazy:run", ctx],
+    );
+    let log = stderr(&out);
+    ok(&out);
+    assert!(log.contains("CACHED"), "the COPY step is reused: {log}");
+    assert!(
+        snapshot.is_dir(),
+        "the RUN extracted {}",
+        snapshot.display()
     );
 }

@@ -780,7 +780,7 @@ fn compare_case(
 fn buildkit_and_forge_build_the_same_images() {
     let cases = cases();
     assert!(
-        cases.len() >= 10,
+        cases.len() >= 10 || std::env::var_os("FORGE_DIFF_CASES").is_some(),
         "expected the cases under {}",
         cases_dir().display()
     );

@@ -78,6 +78,28 @@ fn cases() -> Vec<(String, PathBuf)> {
 /// Cases of our own: (name, Dockerfile).
 const EXTRA: &[(&str, &str)] = &[
     (
+        // COPY planned straight into a layer (overlay mode) against the
+        // sandbox's copy (copy mode): new and existing directories, --link,
+        // --chown by name, a symlink and an existing file in the way (the
+        // sandbox then), and a RUN on the planned layers.
+        "copy-direct-and-link",
+        "FROM forge-diff/base\n\
+         RUN mkdir -p /srv/app /usr/share/x && chmod 750 /srv && chmod 700 /usr/share/x \
+             && echo keep > /srv/app/old && ln -s /srv/app /lnk\n\
+         COPY --link tree /srv/app/linked/\n\
+         COPY --link top.txt /usr/share/x/deep/\n\
+         COPY --link --chown=nobody:nogroup --chmod=640 top.txt /opt/owned.txt\n\
+         WORKDIR /work\n\
+         COPY --link tree rel/\n\
+         COPY tree /srv/app/plain/\n\
+         COPY top.txt /usr/share/x/\n\
+         COPY --chown=nobody top.txt tree/sub/two.txt /srv/app/multi/\n\
+         COPY tree /lnk/through-symlink/\n\
+         COPY top.txt /srv/app/old\n\
+         COPY --chmod=600 tree/ /\n\
+         RUN find /srv /usr/share/x /one.txt /opt /work | sort | xargs stat -c '%a %u:%g %n' > /listing\n",
+    ),
+    (
         "moves-and-replacements",
         "FROM forge-diff/base\n\
          RUN mkdir -p /m/a/b/c /m/dir/sub && echo x > /m/a/b/c/f && echo y > /m/keep \
@@ -164,6 +186,11 @@ fn copy_mode_makes_the_same_images_as_overlay() {
         let dir = scratch.path().join(name);
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join("Dockerfile"), text).expect("Dockerfile");
+        // The context files some of them copy.
+        std::fs::create_dir_all(dir.join("tree/sub")).expect("mkdir");
+        std::fs::write(dir.join("tree/one.txt"), "one\n").expect("write");
+        std::fs::write(dir.join("tree/sub/two.txt"), "two\n").expect("write");
+        std::fs::write(dir.join("top.txt"), "top\n").expect("write");
         inputs.push((name.to_string(), dir));
     }
 

@@ -619,6 +619,14 @@ fn buildkit_accepts_these_oddities() {
     typed("FROM x\nHEALTHCHECK --bogus NONE");
     // Repeatable flags, `--` and case-insensitive booleans.
     typed("FROM x\nCOPY --exclude=a --exclude=b --link=TRUE -- a b");
+    // Repeated flags keep their order whatever is taken before them: an
+    // exception must stay after the pattern it excepts from.
+    let f = typed("FROM x\nCOPY --from=s --exclude=a --exclude=!a/b --chown=1 --exclude=c x y");
+    let InstructionKind::Copy(copy) = &f.stages[0].instructions[0].kind else {
+        panic!("not a COPY")
+    };
+    let excludes: Vec<&str> = copy.exclude.iter().map(|e| e.value.as_str()).collect();
+    assert_eq!(excludes, ["a", "!a/b", "c"]);
     typed("FROM x\nRUN --mount=type=cache,target=/a --mount=type=tmpfs,target=/b true");
     // Unterminated JSON is a shell-form command.
     let f = typed("FROM x\nCMD [\"echo\", \"b\"");

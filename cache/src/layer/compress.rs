@@ -35,18 +35,19 @@ trait Backend {
 pub(crate) struct TarSink<'b> {
     buf: Vec<u8>,
     filled: usize,
-    diff: Sha256,
+    /// The diff_id's hasher; `None` when the backend hashes the stream.
+    diff: Option<Sha256>,
     total: u64,
     entries: u64,
     backend: &'b mut dyn Backend,
 }
 
 impl<'b> TarSink<'b> {
-    fn new(backend: &'b mut dyn Backend) -> Self {
+    fn new(backend: &'b mut dyn Backend, hash: bool) -> Self {
         Self {
             buf: vec![0; GZIP_CHUNK],
             filled: 0,
-            diff: Sha256::new(),
+            diff: hash.then(Sha256::new),
             total: 0,
             entries: 0,
             backend,
@@ -57,7 +58,9 @@ impl<'b> TarSink<'b> {
         let fresh = self.backend.spare().unwrap_or_else(|| vec![0; GZIP_CHUNK]);
         let chunk = std::mem::replace(&mut self.buf, fresh);
         self.filled = 0;
-        self.diff.update(&chunk);
+        if let Some(diff) = self.diff.as_mut() {
+            diff.update(&chunk);
+        }
         self.backend.push(chunk, false)
     }
 
@@ -145,16 +148,20 @@ impl<'b> TarSink<'b> {
     fn finish(mut self) -> Result<([u8; 32], u64, u64), LayerError> {
         let mut last = std::mem::take(&mut self.buf);
         last.truncate(self.filled);
-        self.diff.update(&last);
+        let diff = self.diff.take().map(|mut diff| {
+            diff.update(&last);
+            diff.finalize().into()
+        });
         self.backend.push(last, true)?;
-        Ok((self.diff.finalize().into(), self.total, self.entries))
+        Ok((diff.unwrap_or([0; 32]), self.total, self.entries))
     }
 }
 
-/// Writes to `out`, counting and hashing.
+/// Writes to `out`, counting and (unless made with [`HashingWriter::counting`])
+/// hashing.
 struct HashingWriter<'o> {
     out: &'o mut dyn Write,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     count: u64,
 }
 
@@ -162,29 +169,47 @@ impl<'o> HashingWriter<'o> {
     fn new(out: &'o mut dyn Write) -> Self {
         Self {
             out,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
             count: 0,
         }
     }
 
+    /// Counts without hashing: for an uncompressed blob, whose digest is the
+    /// tar stream's, already hashed as the diff_id.
+    fn counting(out: &'o mut dyn Write) -> Self {
+        Self {
+            out,
+            hasher: None,
+            count: 0,
+        }
+    }
+
+    /// The byte count and the sha256 (zeros when only counting).
     fn finish(&mut self) -> Result<(u64, [u8; 32]), LayerError> {
         self.out.flush().map_err(LayerError::Write)?;
-        let hasher = std::mem::take(&mut self.hasher);
-        Ok((self.count, hasher.finalize().into()))
+        let digest = self
+            .hasher
+            .take()
+            .map_or([0u8; 32], |hasher| hasher.finalize().into());
+        Ok((self.count, digest))
     }
 }
 
 impl Write for HashingWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.out.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.out.write_all(buf)?;
-        self.hasher.update(buf);
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.update(buf);
+        }
         self.count += buf.len() as u64;
         Ok(())
     }
@@ -209,13 +234,26 @@ where
     let media_type = opts.compression.media_type();
     let (size, digest, diff_id, uncompressed_size, entries) =
         match opts.compression {
-            Compression::None => {
+            Compression::None => std::thread::scope(|scope| {
+                // The blob is the tar stream: one sha256, on another core while
+                // the next chunk is read and written.
+                let (chunks, hashed) = sync_channel::<Arc<Vec<u8>>>(4);
+                let hasher = scope.spawn(move || {
+                    let mut digest = Sha256::new();
+                    for chunk in hashed {
+                        digest.update(&chunk[..]);
+                    }
+                    <[u8; 32]>::from(digest.finalize())
+                });
                 let mut backend = PlainBackend {
-                    out: HashingWriter::new(out),
-                    spare: None,
+                    out: HashingWriter::counting(out),
+                    chunks: Some(chunks),
+                    hasher: Some(hasher),
+                    in_flight: std::collections::VecDeque::new(),
                 };
-                drive(&mut backend, produce)?
-            }
+                let (size, digest, _, total, entries) = drive(&mut backend, produce, false)?;
+                Ok::<_, LayerError>((size, digest, digest, total, entries))
+            })?,
             Compression::Gzip => {
                 let level = u32::try_from(level).ok().filter(|l| *l <= 9).ok_or(
                     LayerError::InvalidLevel {
@@ -247,7 +285,7 @@ where
                     };
                     // On error the backend is dropped here, closing the job queue, so the
                     // workers stop and the scope can end.
-                    drive(&mut backend, produce)
+                    drive(&mut backend, produce, true)
                 })?
             }
             Compression::Zstd => {
@@ -277,7 +315,7 @@ where
                     encoder: Some(encoder),
                     spare: None,
                 };
-                drive(&mut backend, produce)?
+                drive(&mut backend, produce, true)?
             }
         };
     Ok(LayerInfo {
@@ -293,35 +331,66 @@ where
 /// `(blob size, blob sha256, diff_id, tar bytes, tar entries)`.
 type Driven = (u64, [u8; 32], [u8; 32], u64, u64);
 
-fn drive<F>(backend: &mut dyn Backend, produce: F) -> Result<Driven, LayerError>
+/// `hash`: whether the sink hashes the diff_id (`false`: the backend's
+/// digest is the diff_id, and the third value is zeros).
+fn drive<F>(backend: &mut dyn Backend, produce: F, hash: bool) -> Result<Driven, LayerError>
 where
     F: FnOnce(&mut TarSink<'_>) -> Result<(), LayerError>,
 {
-    let mut sink = TarSink::new(backend);
+    let mut sink = TarSink::new(backend, hash);
     produce(&mut sink)?;
     let (diff_id, total, entries) = sink.finish()?;
     let (size, digest) = backend.finish()?;
     Ok((size, digest, diff_id, total, entries))
 }
 
-struct PlainBackend<'o> {
+/// The uncompressed blob: chunks written as they come and hashed by a
+/// thread of their own.
+struct PlainBackend<'o, 's> {
     out: HashingWriter<'o>,
-    spare: Option<Vec<u8>>,
+    /// To the hasher; closed by `finish`.
+    chunks: Option<SyncSender<Arc<Vec<u8>>>>,
+    hasher: Option<std::thread::ScopedJoinHandle<'s, [u8; 32]>>,
+    /// Chunks the hasher may still read, oldest first.
+    in_flight: std::collections::VecDeque<Arc<Vec<u8>>>,
 }
 
-impl Backend for PlainBackend<'_> {
+impl Backend for PlainBackend<'_, '_> {
     fn push(&mut self, chunk: Vec<u8>, _last: bool) -> Result<(), LayerError> {
+        let chunk = Arc::new(chunk);
+        let hasher_gone = || LayerError::Write(io::Error::other("the hashing thread stopped"));
+        self.chunks
+            .as_ref()
+            .ok_or_else(hasher_gone)?
+            .send(Arc::clone(&chunk))
+            .map_err(|_| hasher_gone())?;
         self.out.write_all(&chunk).map_err(LayerError::Write)?;
-        self.spare = Some(chunk);
+        self.in_flight.push_back(chunk);
         Ok(())
     }
 
     fn finish(&mut self) -> Result<(u64, [u8; 32]), LayerError> {
-        self.out.finish()
+        let (size, _) = self.out.finish()?;
+        self.chunks = None;
+        self.in_flight.clear();
+        let digest = self
+            .hasher
+            .take()
+            .and_then(|h| h.join().ok())
+            .ok_or_else(|| LayerError::Write(io::Error::other("the hashing thread failed")))?;
+        Ok((size, digest))
     }
 
     fn spare(&mut self) -> Option<Vec<u8>> {
-        self.spare.take().filter(|b| b.len() == GZIP_CHUNK)
+        // The oldest chunk, once the hasher is done with it.
+        let oldest = self.in_flight.pop_front()?;
+        match Arc::try_unwrap(oldest) {
+            Ok(buf) => Some(buf).filter(|b| b.len() == GZIP_CHUNK),
+            Err(still_read) => {
+                self.in_flight.push_front(still_read);
+                None
+            }
+        }
     }
 }
 

@@ -108,6 +108,7 @@ mod detect;
 mod tarfmt;
 mod write;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -424,6 +425,108 @@ pub fn write_changes_layer(
     out: &mut dyn Write,
 ) -> Result<LayerInfo, LayerError> {
     let items = write::plan_changes(root, changes)?;
+    compress::run(opts, out, |tw| write::write_items(items, opts, tw))
+}
+
+/// What a [`PlannedEntry`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlannedKind {
+    /// A directory (its entries are planned separately).
+    Dir,
+    /// A regular file whose bytes are read from `path` (opened without
+    /// following a symlink; it must still be `size` bytes long). Entries with
+    /// the same `link_key` (a source's `(dev, inode)`) after the first in tar
+    /// order become hard links to it.
+    File {
+        /// Where the bytes are.
+        path: PathBuf,
+        /// How many.
+        size: u64,
+        /// Hard-link identity, if the source has more than one link.
+        link_key: Option<(u64, u64)>,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Its target, as written.
+        target: PathBuf,
+    },
+    /// A character device.
+    CharDevice {
+        /// `st_rdev`.
+        rdev: u64,
+    },
+    /// A block device.
+    BlockDevice {
+        /// `st_rdev`.
+        rdev: u64,
+    },
+    /// A named pipe.
+    Fifo,
+}
+
+impl PlannedKind {
+    /// What `path`, lstat'ed as `meta`, is as a planned entry (a regular
+    /// file is read from `path`; a multiply-linked one gets its hard-link
+    /// key); `None` for a socket, which layers leave out.
+    pub fn of(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<Option<Self>> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let ft = meta.file_type();
+        Ok(Some(if ft.is_dir() {
+            PlannedKind::Dir
+        } else if ft.is_file() {
+            PlannedKind::File {
+                path: path.to_path_buf(),
+                size: meta.len(),
+                link_key: (meta.nlink() > 1).then_some((meta.dev(), meta.ino())),
+            }
+        } else if ft.is_symlink() {
+            PlannedKind::Symlink {
+                target: std::fs::read_link(path)?,
+            }
+        } else if ft.is_char_device() {
+            PlannedKind::CharDevice { rdev: meta.rdev() }
+        } else if ft.is_block_device() {
+            PlannedKind::BlockDevice { rdev: meta.rdev() }
+        } else if ft.is_fifo() {
+            PlannedKind::Fifo
+        } else {
+            return Ok(None);
+        }))
+    }
+}
+
+/// One entry of a layer written from a plan ([`write_planned_layer`]) rather
+/// than from a directory: its metadata is given, not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEntry {
+    /// What it is.
+    pub kind: PlannedKind,
+    /// Permission bits (with setuid, setgid and sticky).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time in seconds (clamped to `SOURCE_DATE_EPOCH` as
+    /// every entry is).
+    pub mtime: i64,
+    /// Where its extended attributes are read (filtered as for a directory
+    /// layer); `None`: it has none.
+    pub xattrs_from: Option<PathBuf>,
+}
+
+/// Write planned entries, keyed by their tar names (directories end in `/`;
+/// the map's byte order is the tar order), as a layer blob to `out`. The
+/// names are taken as given: the caller keeps them relative and clean.
+pub fn write_planned_layer(
+    entries: BTreeMap<Vec<u8>, PlannedEntry>,
+    opts: &LayerOptions,
+    out: &mut dyn Write,
+) -> Result<LayerInfo, LayerError> {
+    let items = entries
+        .into_iter()
+        .map(|(name, entry)| (name, write::Item::Planned(entry)))
+        .collect();
     compress::run(opts, out, |tw| write::write_items(items, opts, tw))
 }
 

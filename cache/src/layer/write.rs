@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::compress::TarSink;
 use super::tarfmt::{self, kind, Header, Xattrs};
-use super::{Change, LayerError, LayerOptions};
+use super::{Change, LayerError, LayerOptions, PlannedEntry, PlannedKind};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
@@ -25,6 +25,8 @@ pub(crate) enum Item {
     Whiteout { uid: u32, gid: u32 },
     /// A `.wh..wh..opq` marker, with its directory's permission bits and owner.
     Opaque { mode: u32, uid: u32, gid: u32 },
+    /// An entry whose metadata is given.
+    Planned(PlannedEntry),
 }
 
 struct State {
@@ -236,6 +238,91 @@ fn emit_item(
         }
         Item::Opaque { mode, uid, gid } => {
             tarfmt::write_header(tw, &marker_header(name, *mode, *uid, *gid))
+        }
+        Item::Planned(entry) => emit_planned(tw, st, name, entry),
+    }
+}
+
+/// Write one planned entry: metadata as given, bytes and xattrs read.
+fn emit_planned(
+    tw: &mut TarSink<'_>,
+    st: &mut State,
+    name: &[u8],
+    entry: &PlannedEntry,
+) -> Result<(), LayerError> {
+    let mut h = Header {
+        name,
+        kind: kind::FILE,
+        mode: entry.mode & 0o7777,
+        uid: u64::from(entry.uid),
+        gid: u64::from(entry.gid),
+        size: 0,
+        mtime: st.clamp(entry.mtime),
+        link: &[],
+        dev_major: 0,
+        dev_minor: 0,
+        xattrs: &[],
+    };
+    let first_link;
+    if let PlannedKind::File {
+        link_key: Some(key),
+        ..
+    } = &entry.kind
+    {
+        match st.links.get(key) {
+            Some(first) => {
+                first_link = first.clone();
+                h.kind = kind::HARDLINK;
+                h.link = &first_link;
+                return tarfmt::write_header(tw, &h);
+            }
+            None => {
+                st.links.insert(*key, name.to_vec());
+            }
+        }
+    }
+    let xattrs = match &entry.xattrs_from {
+        Some(path) => read_xattrs(path)?,
+        None => Vec::new(),
+    };
+    h.xattrs = &xattrs;
+    let target;
+    match &entry.kind {
+        PlannedKind::Dir => {
+            h.kind = kind::DIR;
+            tarfmt::write_header(tw, &h)
+        }
+        PlannedKind::File { path, size, .. } => {
+            let mut file = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(read_err(path))?;
+            h.size = *size;
+            tarfmt::write_header(tw, &h)?;
+            tw.copy_file(&mut file, h.size, path)?;
+            check_file_end(&mut file, path, h.size)?;
+            tarfmt::pad(tw, h.size)
+        }
+        PlannedKind::Symlink { target: t } => {
+            target = t.clone();
+            h.kind = kind::SYMLINK;
+            h.link = target.as_os_str().as_bytes();
+            tarfmt::write_header(tw, &h)
+        }
+        PlannedKind::CharDevice { rdev } | PlannedKind::BlockDevice { rdev } => {
+            h.kind = if matches!(entry.kind, PlannedKind::CharDevice { .. }) {
+                kind::CHAR
+            } else {
+                kind::BLOCK
+            };
+            h.dev_major = nix::sys::stat::major(*rdev);
+            h.dev_minor = nix::sys::stat::minor(*rdev);
+            tarfmt::write_header(tw, &h)
+        }
+        PlannedKind::Fifo => {
+            h.kind = kind::FIFO;
+            tarfmt::write_header(tw, &h)
         }
     }
 }

@@ -133,3 +133,43 @@ pub fn assert_sentinel_intact(outside: &Path) {
         "sentinel was hardlinked"
     );
 }
+
+/// What [`put_manifest`] stored.
+pub struct PutManifest {
+    pub manifest: forge_cache::Sha256Digest,
+    pub manifest_bytes: Vec<u8>,
+    pub config: forge_cache::Sha256Digest,
+    pub config_len: usize,
+}
+
+/// Stores `config` and an OCI image manifest naming it and one layer blob
+/// (already stored: its digest, size and media type).
+pub fn put_manifest(
+    store: &forge_cache::store::Store,
+    config: &serde_json::Value,
+    layer: (&forge_cache::Sha256Digest, usize, &str),
+) -> PutManifest {
+    let config_bytes = serde_json::to_vec(config).expect("config json");
+    let config_digest = store.put_blob(&config_bytes).expect("config");
+    let manifest_bytes = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest.to_string(),
+            "size": config_bytes.len()
+        },
+        "layers": [{
+            "mediaType": layer.2,
+            "digest": layer.0.to_string(),
+            "size": layer.1
+        }]
+    }))
+    .expect("manifest json");
+    PutManifest {
+        manifest: store.put_blob(&manifest_bytes).expect("manifest"),
+        manifest_bytes,
+        config: config_digest,
+        config_len: config_bytes.len(),
+    }
+}

@@ -110,6 +110,12 @@ pub fn differential_cases() -> Vec<(String, PathBuf)> {
             (name, p)
         })
         .collect();
+    // `FORGE_DIFF_CASES=16,24`: only the cases whose names contain one of
+    // these (for working on a few; CI runs them all).
+    if let Ok(only) = std::env::var("FORGE_DIFF_CASES") {
+        let wanted: Vec<&str> = only.split(',').filter(|w| !w.is_empty()).collect();
+        cases.retain(|(name, _)| wanted.iter().any(|w| name.contains(w)));
+    }
     cases.sort();
     cases
 }
@@ -149,4 +155,39 @@ pub fn serve(body: Vec<u8>, only: Option<&'static str>, requests: usize) -> Stri
         }
     });
     format!("http://{addr}")
+}
+
+/// A store with the busybox base imported as `base:latest`, and a context
+/// directory. (Each test file adds the `build` it needs in its own `impl`.)
+pub struct Fixture {
+    pub home: TempDir,
+    pub context: TempDir,
+}
+
+impl Fixture {
+    pub fn new(name: &str) -> Self {
+        let home = TempDir::new(&format!("{name}-home"));
+        let context = TempDir::new(&format!("{name}-ctx"));
+        let tar = rootfs().to_str().expect("utf-8 path");
+        ok(&forge(home.path(), &["import", tar, "base:latest"]));
+        Self { home, context }
+    }
+
+    /// Writes a file of the context (its directories made).
+    pub fn file(&self, name: &str, bytes: &[u8]) {
+        let path = self.context.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(path, bytes).expect("write context file");
+    }
+
+    /// `forge build --progress plain ARGS CONTEXT`.
+    pub fn forge_build(&self, args: &[&str]) -> Output {
+        let ctx = self.context.path().to_str().expect("utf-8 path");
+        let mut all = vec!["build", "--progress", "plain"];
+        all.extend_from_slice(args);
+        all.push(ctx);
+        forge(self.home.path(), &all)
+    }
 }

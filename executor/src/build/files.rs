@@ -7,6 +7,9 @@
 //!   stage's image: in overlay mode the sandbox mounts that image's
 //!   snapshots read-only at `from/` in the run directory; in copy mode its
 //!   layers are applied there first. Wildcards are expanded in the sandbox.
+//!   `COPY --exclude` and `--parents` from another image are applied there
+//!   too (as fsutil's exclude and include patterns, see
+//!   [`FileFrom::Image`]); in a context, its selection applies them.
 //! - `http(s)://` sources (ADD only) are downloaded here, with
 //!   [`forge_http::Client`], into the run directory under the URL path's
 //!   last segment (`__unnamed__` without one), mode 0600 as BuildKit's
@@ -42,8 +45,21 @@ pub enum FileFrom<'a> {
         /// `.dockerignore` applied); `None`: everything under `dir`.
         allowed: Option<BTreeSet<String>>,
     },
-    /// Another stage's image (`--from`).
-    Image(&'a ImageState),
+    /// Another stage's image (`--from`), with the `COPY` flags that only
+    /// the sandbox, which sees the image's files, can apply (for a context,
+    /// its selection applies them before the copy).
+    Image {
+        /// The image.
+        state: &'a ImageState,
+        /// `--exclude` patterns, matched below each source path (see
+        /// [`CopyItem::exclude`]).
+        exclude: Vec<String>,
+        /// `--parents`: each source is read from its `/./` pivot (the
+        /// image's root without one) through an include pattern, the rest
+        /// of its path, so the directories on the way are kept (see
+        /// [`CopyItem::include`]).
+        parents: bool,
+    },
 }
 
 /// One source of a COPY or ADD.
@@ -86,6 +102,12 @@ pub struct FileStep<'a> {
     /// Per-source destinations overriding `dest` (`COPY --parents`), aligned
     /// with `sources`; empty when none.
     pub dests: Vec<Option<String>>,
+    /// `--link`: the copy is made on an empty root, independent of the
+    /// parent image (BuildKit's merge of a scratch copy): parent
+    /// directories of the destination are created in the layer, and no
+    /// path of the parent image is consulted (but `--chown` names are
+    /// looked up in it).
+    pub link: bool,
 }
 
 /// The destination of a COPY or ADD as BuildKit computes it: relative to
@@ -253,9 +275,22 @@ pub(super) fn prepare(
                         root
                     }
                 };
+                let (path, include, exclude) = match &step.from {
+                    FileFrom::Image {
+                        exclude, parents, ..
+                    } => {
+                        let (path, include) = if *parents {
+                            parents_pivot(path)
+                        } else {
+                            (path.clone(), Vec::new())
+                        };
+                        (path, include, exclude.clone())
+                    }
+                    FileFrom::Context { .. } => (path.clone(), Vec::new(), Vec::new()),
+                };
                 items.push(CopyItem {
                     root,
-                    path: path.clone(),
+                    path,
                     wildcards: true,
                     dest: step
                         .dests
@@ -264,6 +299,8 @@ pub(super) fn prepare(
                         .flatten()
                         .unwrap_or_else(|| step.dest.clone()),
                     unpack: step.unpack,
+                    exclude,
+                    include,
                 });
             }
             FileSource::Url { url, checksum } => {
@@ -319,7 +356,38 @@ fn push_single_file(
         wildcards: false,
         dest: dest.to_string(),
         unpack: false,
+        exclude: Vec::new(),
+        include: Vec::new(),
     });
+}
+
+/// `COPY --parents` of `source` from an image, as BuildKit's Dockerfile
+/// frontend does it: the copy reads the directory before a `/./` in the
+/// path (the root without one) and keeps what the rest of the path, as an
+/// include pattern, matches, with its parent directories. Returns the
+/// directory and the pattern (none when the rest is empty: everything).
+pub(crate) fn parents_pivot(source: &str) -> (String, Vec<String>) {
+    let (pivot, rest) = match source.split_once("/./") {
+        Some((pivot, rest)) => (if pivot.is_empty() { "/" } else { pivot }, rest),
+        None => ("/", source),
+    };
+    let mut comps: Vec<&str> = Vec::new();
+    for c in rest.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                comps.pop();
+            }
+            c => comps.push(c),
+        }
+    }
+    let pattern = comps.join("/");
+    let include = if pattern.is_empty() {
+        Vec::new()
+    } else {
+        vec![pattern]
+    };
+    (pivot.to_string(), include)
 }
 
 /// The source root of the step's paths.
@@ -336,7 +404,7 @@ fn from_source(
             allowed: allowed.clone(),
             keep_owner: false,
         },
-        FileFrom::Image(state) => {
+        FileFrom::Image { state, .. } => {
             let dir = run_dir.join("from");
             fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
             let mount = if copy_mode {
@@ -370,6 +438,20 @@ mod tests {
         assert_eq!(destination("/work", "x"), "/work/x");
         assert_eq!(destination("/work", "../x/./y"), "/x/y");
         assert_eq!(destination("/a", "/b/../c"), "/c");
+    }
+
+    #[test]
+    fn parents_pivots_follow_buildkit() {
+        let p = |s: &str| parents_pivot(s);
+        assert_eq!(p("/out/a/b.txt"), ("/".into(), vec!["out/a/b.txt".into()]));
+        assert_eq!(p("out/*/x"), ("/".into(), vec!["out/*/x".into()]));
+        assert_eq!(p("/out/./a/b.txt"), ("/out".into(), vec!["a/b.txt".into()]));
+        assert_eq!(
+            p("./src/./pkg/*.go"),
+            ("./src".into(), vec!["pkg/*.go".into()])
+        );
+        assert_eq!(p("/./a/../b"), ("/".into(), vec!["b".into()]));
+        assert_eq!(p("/out/./"), ("/out".into(), Vec::<String>::new()));
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //! has at most [`MAX_LAYERS`] layers.
 
 mod copy;
+mod direct;
 mod explain;
 mod files;
 mod history;
@@ -93,18 +94,64 @@ pub struct BuildOptions {
     /// What identifies this build between runs (the build file and the
     /// context), for `--explain-cache`'s records.
     pub build_id: String,
-    /// `--build-context NAME=DIR`: directories that `COPY --from=NAME` reads
-    /// instead of an image of that name.
+    /// `--build-context NAME=...`: what `COPY --from=NAME` and `FROM NAME`
+    /// read instead of an image of that name (looked up with
+    /// [`named_context`]).
     pub named_contexts: std::collections::BTreeMap<String, NamedContext>,
 }
 
-/// A `--build-context` directory, scanned (`.dockerignore` applied).
+/// A `--build-context`.
 #[derive(Debug, Clone)]
-pub struct NamedContext {
-    /// The directory (absolute).
-    pub dir: PathBuf,
-    /// Its scan.
-    pub index: std::sync::Arc<forge_context::Index>,
+pub enum NamedContext {
+    /// `NAME=DIR`: a directory, scanned (its own `.dockerignore` applied).
+    /// `COPY --from=NAME` reads it as it reads the build context; `FROM
+    /// NAME` starts from one layer of its files (owned root:root, as
+    /// context files are) on an empty config, whose key stands on the
+    /// directory's content ([`context_base_digest`]).
+    Dir {
+        /// The directory (absolute).
+        dir: PathBuf,
+        /// Its scan.
+        index: std::sync::Arc<forge_context::Index>,
+    },
+    /// `NAME=docker-image://REF`: the image `REF` of the store, wherever
+    /// the build file names `NAME` as an image (`FROM`, `COPY --from`).
+    Image(String),
+}
+
+/// The `--build-context` a reference of the build file names, as BuildKit
+/// looks it up: the name as written, else its short normalized form
+/// (`alpine`, `alpine:latest` and `docker.io/library/alpine` all name the
+/// context `alpine`; `alpine:3.20` names `alpine:3.20`).
+pub fn named_context<'a>(
+    contexts: &'a std::collections::BTreeMap<String, NamedContext>,
+    reference: &str,
+) -> Option<&'a NamedContext> {
+    if contexts.is_empty() {
+        return None;
+    }
+    if let Some(context) = contexts.get(reference) {
+        return Some(context);
+    }
+    let familiar = forge_cache::reference::Reference::parse(reference)
+        .ok()?
+        .familiar();
+    contexts.get(familiar.strip_suffix(":latest").unwrap_or(&familiar))
+}
+
+/// What a `FROM NAME` of a directory context stands on in cache keys, in
+/// place of an image's manifest digest: `context:` and the hex digest of
+/// the whole directory's selection (every path, content, mode and owner,
+/// after its `.dockerignore`), so that any change to the directory changes
+/// the key of the stage's every step.
+///
+/// # Errors
+/// The directory cannot be selected (it cannot: `.` is always there).
+pub fn context_base_digest(index: &forge_context::Index) -> Result<String, ExecutorError> {
+    let selection = index
+        .select(&[".".to_string()], &[])
+        .map_err(|e| ExecutorError::InvalidImage(format!("build context: {e}")))?;
+    Ok(format!("context:{}", selection.digest().hex()))
 }
 
 /// BuildKit's predefined proxy build args.
@@ -233,15 +280,20 @@ pub fn build(
     let mut image_sources: HashMap<String, ImageState> = HashMap::new();
     let mut image_digests: HashMap<NodeIndex, forge_graph::SourceDigest> = HashMap::new();
     for (reference, node) in graph.image_sources() {
-        if let Some(named) = opts.named_contexts.get(reference) {
-            // `--build-context NAME=DIR`: the whole directory is the input.
-            let selection = named.index.select(&[".".to_string()], &[]).map_err(|e| {
-                ExecutorError::InvalidImage(format!("build context {reference}: {e}"))
-            })?;
-            image_digests.insert(node, selection.digest());
-            continue;
-        }
-        let record = store.resolve(reference).map_err(|e| {
+        let image = match named_context(&opts.named_contexts, reference) {
+            Some(NamedContext::Dir { index, .. }) => {
+                // `--build-context NAME=DIR`: the whole directory is the input.
+                let selection = index.select(&[".".to_string()], &[]).map_err(|e| {
+                    ExecutorError::InvalidImage(format!("build context {reference}: {e}"))
+                })?;
+                image_digests.insert(node, selection.digest());
+                continue;
+            }
+            // `--build-context NAME=docker-image://REF`.
+            Some(NamedContext::Image(image)) => image.as_str(),
+            None => reference,
+        };
+        let record = store.resolve(image).map_err(|e| {
             ExecutorError::InvalidImage(format!(
                 "COPY --from={reference}: {e}; make it with `forge import` or `forge load`"
             ))
@@ -363,51 +415,39 @@ impl Driver<'_> {
     /// their parent directories (`None` when the context was not scanned).
     fn allowed_in_context(&self, stage: &Stage, step: &Step) -> Option<BTreeSet<String>> {
         self.opts.context_index.as_ref()?;
-        let index = stage.steps.iter().position(|s| std::ptr::eq(s, step))?;
-        let node = self.step_node(stage.id, index)?;
-        let mut allowed = BTreeSet::new();
-        if let Some(selection) = self.selections.get(&node) {
-            for e in &selection.entries {
-                let mut path = e.entry.path.as_str();
-                allowed.insert(path.to_string());
-                while let Some((parent, _)) = path.rsplit_once('/') {
-                    if !allowed.insert(parent.to_string()) {
-                        break;
-                    }
-                    path = parent;
-                }
-            }
-            for root in &selection.roots {
-                allowed.insert(root.resolved.clone());
-            }
-        }
-        Some(allowed)
+        Some(
+            self.context_selection(stage, step)
+                .map(allowed_in)
+                .unwrap_or_default(),
+        )
     }
 
-    /// `COPY --parents`: one source per path the selection matched, each
-    /// copied under the destination with its parent directories (from the
-    /// context root, or from a `/./` pivot in the source, as BuildKit does).
+    /// The step's selection in the build context, if it has one.
+    fn context_selection(&self, stage: &Stage, step: &Step) -> Option<&forge_context::Selection> {
+        let index = stage.steps.iter().position(|s| std::ptr::eq(s, step))?;
+        let node = self.step_node(stage.id, index)?;
+        self.selections.get(&node)
+    }
+
+    /// `COPY --parents` from a context (the build context or a named one)
+    /// whose `selection` the step has: one source per path the selection
+    /// matched, each copied under the destination with its parent
+    /// directories (from the context root, or from a `/./` pivot in the
+    /// source, as BuildKit does).
     fn keep_parents(
-        &self,
-        stage: &Stage,
         step: &Step,
+        selection: Option<&forge_context::Selection>,
         file_step: &mut FileStep<'_>,
     ) -> Result<(), ExecutorError> {
         let Op::Copy(copy) = &step.op else {
             return Ok(());
         };
-        let selection = stage
-            .steps
-            .iter()
-            .position(|s| std::ptr::eq(s, step))
-            .and_then(|index| self.step_node(stage.id, index))
-            .and_then(|node| self.selections.get(&node))
-            .ok_or_else(|| {
-                ExecutorError::FileAction(format!(
-                    "{}: a source of COPY --parents is not in the context",
-                    one_line(&step.origin.text)
-                ))
-            })?;
+        let selection = selection.ok_or_else(|| {
+            ExecutorError::FileAction(format!(
+                "{}: a source of COPY --parents is not in the context",
+                one_line(&step.origin.text)
+            ))
+        })?;
         let base = file_step.dest.trim_end_matches('/').to_string();
         let mut sources = Vec::new();
         let mut dests = Vec::new();
@@ -462,7 +502,7 @@ impl Driver<'_> {
         self.keys.get(node.index())?.key().map(|k| k.hex())
     }
 
-    fn base_state(&self, stage: &Stage) -> Result<ImageState, ExecutorError> {
+    fn base_state(&self, stage: &Stage, vertex: usize) -> Result<ImageState, ExecutorError> {
         let mut state = match &stage.base {
             Base::Scratch => ImageState::scratch(),
             Base::Stage(id) => match self.results.get(id.0) {
@@ -475,22 +515,94 @@ impl Driver<'_> {
                 }
             },
             Base::Image(image) => {
-                let digest = image.digest.as_deref().ok_or_else(|| {
-                    ExecutorError::InvalidImage(format!(
-                        "base image {} was not resolved",
-                        image.reference
-                    ))
-                })?;
-                let digest: Sha256Digest = digest
-                    .parse()
-                    .map_err(|e| ExecutorError::Store(Box::new(e)))?;
-                ImageState::from_store(self.store, &digest)?
+                match named_context(&self.opts.named_contexts, &image.reference) {
+                    Some(NamedContext::Dir { dir, index }) => {
+                        self.context_base(stage, &image.reference, dir, index, vertex)?
+                    }
+                    _ => self.image_base(image)?,
+                }
             }
         };
         // Triggers of the base ran as this stage's first steps (the IR has
         // them); the new image does not inherit them (BuildKit clears them).
         state.container_config().remove("OnBuild");
         state.set_env(&stage.initial.env);
+        Ok(state)
+    }
+
+    /// `FROM image`: the image the lowering resolved (for a `--build-context
+    /// NAME=docker-image://REF`, REF's digest).
+    fn image_base(&self, image: &forge_ir::ImageRef) -> Result<ImageState, ExecutorError> {
+        let digest = image.digest.as_deref().ok_or_else(|| {
+            ExecutorError::InvalidImage(format!("base image {} was not resolved", image.reference))
+        })?;
+        let digest: Sha256Digest = digest
+            .parse()
+            .map_err(|e| ExecutorError::Store(Box::new(e)))?;
+        ImageState::from_store(self.store, &digest)
+    }
+
+    /// `FROM NAME` of a `--build-context NAME=DIR`: one layer holding the
+    /// directory's files as `COPY . /` copies a context (owned root:root,
+    /// `.dockerignore` applied), on an empty config. Kept in the step cache
+    /// under the base node's key, which stands on the directory's content
+    /// ([`context_base_digest`]), so an unchanged directory is not copied
+    /// again.
+    fn context_base(
+        &self,
+        stage: &Stage,
+        name: &str,
+        dir: &std::path::Path,
+        index: &forge_context::Index,
+        vertex: usize,
+    ) -> Result<ImageState, ExecutorError> {
+        let store_err = |e| ExecutorError::Store(Box::new(e));
+        let key = self
+            .graph
+            .stage_nodes(stage.id)
+            .first()
+            .and_then(|node| self.keys.get(node.index()))
+            .and_then(KeyState::key)
+            .map(|k| k.hex());
+        if let (Some(key), false) = (&key, self.opts.no_cache) {
+            if let Some(manifest) = self.store.step_cache_get(key).map_err(store_err)? {
+                self.reporter.event(Event::Cached { vertex });
+                return Ok(ImageState::stored(self.store, &manifest)?.0);
+            }
+        }
+        let mut state = ImageState::scratch();
+        let file = FileStep {
+            sources: vec![FileSource::Path(".".to_string())],
+            dest: "/".to_string(),
+            from: FileFrom::Context {
+                dir: dir.to_path_buf(),
+                allowed: Some(index.entries.iter().map(|e| e.path.clone()).collect()),
+            },
+            chown: None,
+            chmod: None,
+            unpack: false,
+            dests: Vec::new(),
+            link: false,
+        };
+        let reporter = self.reporter;
+        let output = move |line: &str| reporter.event(Event::Output { vertex, line });
+        match self.runner().run_file(&state, &file, &output)? {
+            Outcome::Done(new) => self.push_layer(vertex, &mut state, new),
+            Outcome::Failed { code, tail } => {
+                return Err(ExecutorError::FileAction(format!(
+                    "build context {name}: the copy exited with code {code}: {}",
+                    tail.join("\n")
+                )))
+            }
+        }
+        let created = rfc3339(self.opts.layer.source_date_epoch);
+        state.push_history(&format!("FROM {name} (build context)"), false, &created);
+        let committed = state.commit(self.store, self.opts.layer.source_date_epoch)?;
+        if let Some(key) = &key {
+            self.store
+                .step_cache_put(key, &committed.manifest)
+                .map_err(store_err)?;
+        }
         Ok(state)
     }
 
@@ -505,7 +617,7 @@ impl Driver<'_> {
         let from_label = format!("[{prefix}1/{total}] {}", one_line(&stage.origin.text));
         let started = Instant::now();
         let vertex = self.next_vertex(&from_label);
-        let mut state = self.base_state(stage)?;
+        let mut state = self.base_state(stage, vertex)?;
         let mut committed = state.commit(self.store, self.opts.layer.source_date_epoch)?;
         self.reporter.event(Event::Done {
             vertex,
@@ -703,55 +815,54 @@ impl Driver<'_> {
             step: label(),
             what: what.to_string(),
         };
-        let (keyword, sources, dest, from, chown, chmod, heredocs, unpack, checksum) = match &step
-            .op
-        {
-            Op::Copy(c) => {
-                if c.parents && (c.from != SourceRef::Context || self.opts.context_index.is_none())
-                {
-                    return Err(unsupported("COPY --parents from a stage or an image"));
+        let (keyword, sources, dest, from, chown, chmod, heredocs, unpack, checksum) =
+            match &step.op {
+                Op::Copy(c) => {
+                    // In a context, its selection applies them (so it must be
+                    // scanned); from an image, the sandbox does.
+                    if c.from == SourceRef::Context && self.opts.context_index.is_none() {
+                        if c.parents {
+                            return Err(unsupported("COPY --parents without a scanned context"));
+                        }
+                        if !c.exclude.is_empty() {
+                            return Err(unsupported("COPY --exclude without a scanned context"));
+                        }
+                    }
+                    (
+                        "COPY",
+                        &c.sources,
+                        &c.dest,
+                        &c.from,
+                        &c.chown,
+                        &c.chmod,
+                        &c.heredocs,
+                        false,
+                        None,
+                    )
                 }
-                if !c.exclude.is_empty()
-                    && (c.from != SourceRef::Context || self.opts.context_index.is_none())
-                {
-                    // In the context, the selection applies them.
-                    return Err(unsupported("COPY --exclude from a stage or an image"));
+                Op::Add(a) => {
+                    if !a.exclude.is_empty() && self.opts.context_index.is_none() {
+                        return Err(unsupported("ADD --exclude without a scanned context"));
+                    }
+                    (
+                        "ADD",
+                        &a.sources,
+                        &a.dest,
+                        &SourceRef::Context,
+                        &a.chown,
+                        &a.chmod,
+                        &a.heredocs,
+                        a.unpack.unwrap_or(true),
+                        a.checksum.as_ref(),
+                    )
                 }
-                (
-                    "COPY",
-                    &c.sources,
-                    &c.dest,
-                    &c.from,
-                    &c.chown,
-                    &c.chmod,
-                    &c.heredocs,
-                    false,
-                    None,
-                )
-            }
-            Op::Add(a) => {
-                if !a.exclude.is_empty() && self.opts.context_index.is_none() {
-                    return Err(unsupported("ADD --exclude without a scanned context"));
+                _ => {
+                    return Err(ExecutorError::InvalidImage(format!(
+                        "`{}` copies nothing",
+                        label()
+                    )))
                 }
-                (
-                    "ADD",
-                    &a.sources,
-                    &a.dest,
-                    &SourceRef::Context,
-                    &a.chown,
-                    &a.chmod,
-                    &a.heredocs,
-                    a.unpack.unwrap_or(true),
-                    a.checksum.as_ref(),
-                )
-            }
-            _ => {
-                return Err(ExecutorError::InvalidImage(format!(
-                    "`{}` copies nothing",
-                    label()
-                )))
-            }
-        };
+            };
         let fail = |msg: String| ExecutorError::FileAction(format!("{}: {msg}", label()));
         if sources.len() > 1 && !dest.ends_with('/') {
             return Err(fail(format!(
@@ -803,6 +914,17 @@ impl Driver<'_> {
                     .ok_or_else(|| fail(format!("invalid --chmod={text}: expected octal")))?,
             ),
         };
+        let copy_op = match &step.op {
+            Op::Copy(c) => Some(c),
+            _ => None,
+        };
+        // Another image: `--exclude` and `--parents` go to the sandbox.
+        let image_from = |state| FileFrom::Image {
+            state,
+            exclude: copy_op.map(|c| c.exclude.clone()).unwrap_or_default(),
+            parents: copy_op.is_some_and(|c| c.parents),
+        };
+        let mut named_selection = None;
         let from = match from {
             SourceRef::Context => FileFrom::Context {
                 dir: match (&self.opts.context, reads_paths) {
@@ -818,7 +940,7 @@ impl Driver<'_> {
                 allowed: self.allowed_in_context(stage, step),
             },
             SourceRef::Stage(id) => match self.results.get(id.0) {
-                Some(Some((state, _))) => FileFrom::Image(state),
+                Some(Some((state, _))) => image_from(state),
                 _ => {
                     return Err(ExecutorError::InvalidImage(format!(
                         "stage {} was not built before the stage that uses it",
@@ -826,20 +948,36 @@ impl Driver<'_> {
                     )))
                 }
             },
-            SourceRef::Image(name) if self.opts.named_contexts.contains_key(name) => {
-                let named = &self.opts.named_contexts[name];
-                FileFrom::Context {
-                    dir: named.dir.clone(),
-                    allowed: Some(named.index.entries.iter().map(|e| e.path.clone()).collect()),
+            SourceRef::Image(name) => match named_context(&self.opts.named_contexts, name) {
+                Some(NamedContext::Dir { dir, index }) => {
+                    let selection = if copy_op.is_some_and(|c| c.parents || !c.exclude.is_empty()) {
+                        let paths: Vec<String> = list
+                            .iter()
+                            .filter_map(|s| match s {
+                                FileSource::Path(p) => Some(p.clone()),
+                                _ => None,
+                            })
+                            .collect();
+                        let excludes = copy_op.map(|c| c.exclude.as_slice()).unwrap_or_default();
+                        Some(
+                            index
+                                .select(&paths, excludes)
+                                .map_err(|e| fail(format!("build context {name}: {e}")))?,
+                        )
+                    } else {
+                        None
+                    };
+                    let allowed = match &selection {
+                        Some(selection) => allowed_in(selection),
+                        None => index.entries.iter().map(|e| e.path.clone()).collect(),
+                    };
+                    named_selection = selection;
+                    FileFrom::Context {
+                        dir: dir.clone(),
+                        allowed: Some(allowed),
+                    }
                 }
-            }
-            SourceRef::Image(image) => match self.image_sources.get(image) {
-                Some(state) => FileFrom::Image(state),
-                None => {
-                    return Err(ExecutorError::InvalidImage(format!(
-                        "{keyword} --from={image}: the image was not loaded"
-                    )))
-                }
+                _ => self.image_from_store(keyword, name, image_from)?,
             },
         };
         let mut file_step = FileStep {
@@ -850,11 +988,37 @@ impl Driver<'_> {
             chmod,
             unpack,
             dests: Vec::new(),
+            link: match &step.op {
+                Op::Copy(c) => c.link,
+                Op::Add(a) => a.link,
+                _ => false,
+            },
         };
-        if matches!(&step.op, Op::Copy(c) if c.parents) {
-            self.keep_parents(stage, step, &mut file_step)?;
+        // From an image, the sandbox keeps them (see `FileFrom::Image`).
+        if copy_op.is_some_and(|c| c.parents) && matches!(file_step.from, FileFrom::Context { .. })
+        {
+            let selection = named_selection
+                .as_ref()
+                .or_else(|| self.context_selection(stage, step));
+            Self::keep_parents(step, selection, &mut file_step)?;
         }
         Ok(file_step)
+    }
+
+    /// The image of a `COPY --from=<image>` (or of a `--build-context
+    /// NAME=docker-image://REF`), as loaded when the build started.
+    fn image_from_store<'s>(
+        &'s self,
+        keyword: &str,
+        image: &str,
+        image_from: impl FnOnce(&'s ImageState) -> FileFrom<'s>,
+    ) -> Result<FileFrom<'s>, ExecutorError> {
+        match self.image_sources.get(image) {
+            Some(state) => Ok(image_from(state)),
+            None => Err(ExecutorError::InvalidImage(format!(
+                "{keyword} --from={image}: the image was not loaded"
+            ))),
+        }
     }
 
     /// The sandbox runner of this build.
@@ -911,6 +1075,12 @@ impl Driver<'_> {
                 max: MAX_LAYERS,
             });
         }
+        self.push_layer(vertex, state, new);
+        Ok(())
+    }
+
+    /// Reports a new layer and adds it to `state`.
+    fn push_layer(&self, vertex: usize, state: &mut ImageState, new: NewLayer) {
         self.reporter.event(Event::Layer {
             vertex,
             entries: new.entries,
@@ -918,7 +1088,6 @@ impl Driver<'_> {
             elapsed: new.elapsed,
         });
         state.layers.push(new.layer);
-        Ok(())
     }
 
     /// Runs a sandbox step and adds its layer (if any) to `state`.
@@ -967,6 +1136,26 @@ impl Driver<'_> {
             one_line(&step.origin.text)
         )
     }
+}
+
+/// What a copy from a context may see of it: `selection`'s entries, their
+/// parent directories and the resolved source roots.
+fn allowed_in(selection: &forge_context::Selection) -> BTreeSet<String> {
+    let mut allowed = BTreeSet::new();
+    for e in &selection.entries {
+        let mut path = e.entry.path.as_str();
+        allowed.insert(path.to_string());
+        while let Some((parent, _)) = path.rsplit_once('/') {
+            if !allowed.insert(parent.to_string()) {
+                break;
+            }
+            path = parent;
+        }
+    }
+    for root in &selection.roots {
+        allowed.insert(root.resolved.clone());
+    }
+    allowed
 }
 
 /// The argv of a shell-form RUN with heredocs, as BuildKit runs it: `RUN

@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use forge_cache::image::LayerRef;
 use forge_cache::layer::{
-    extract_layer, write_changes_layer, write_dir_layer, ApplyLimits, Change, ExtractOptions,
-    LayerInfo, LayerOptions, WhiteoutMode,
+    extract_layer, write_changes_layer, write_dir_layer, write_planned_layer, ApplyLimits, Change,
+    ExtractOptions, LayerInfo, LayerOptions, WhiteoutMode,
 };
 use forge_cache::store::Store;
 
 use super::copy;
+use super::direct;
 use super::files::{self, FileStep};
 use super::state::{ImageState, Layer};
 use crate::sandbox::fileop::FileAction;
@@ -247,8 +248,30 @@ impl Runner<'_> {
         job: Job<'_>,
         output: &(dyn Fn(&str) + Sync),
     ) -> Result<Outcome, ExecutorError> {
+        // `--link`: the copy is made on an empty root, its `--chown` names
+        // resolved in the parent image first.
+        let linked;
+        let (state, job) = match job {
+            Job::File(file) if file.link => {
+                let mut on_scratch = file.clone();
+                on_scratch.link = false;
+                if let Some(spec) = &file.chown {
+                    let union = direct::Union::new(self.lower_dirs(state)?);
+                    let (uid, gid) = direct::resolve_owner(&union, spec)?;
+                    on_scratch.chown = Some(format!("{uid}:{gid}"));
+                }
+                linked = (ImageState::scratch(), on_scratch);
+                (&linked.0, Job::File(&linked.1))
+            }
+            _ => (state, job),
+        };
         if copy_mode()? {
             return self.run_copy(state, job, output);
+        }
+        if let Job::File(file) = job {
+            if let Some(done) = self.run_direct(state, file)? {
+                return Ok(done);
+            }
         }
         match self.run_overlay(state, job, output) {
             Err(ExecutorError::OverlayUnavailable(reason)) => {
@@ -415,6 +438,28 @@ impl Runner<'_> {
             elapsed: started.elapsed(),
         };
         Ok((new, info))
+    }
+
+    /// A COPY whose layer can be planned without the sandbox (see
+    /// [`super::direct`]): the layer streamed from the sources. No snapshot
+    /// is made: the next step that runs on the layer extracts it.
+    fn run_direct(
+        &self,
+        state: &ImageState,
+        step: &FileStep<'_>,
+    ) -> Result<Option<Outcome>, ExecutorError> {
+        if !matches!(step.from, files::FileFrom::Context { .. }) || step.unpack {
+            return Ok(None);
+        }
+        let union = direct::Union::new(self.lower_dirs(state)?);
+        let Some(entries) = direct::plan(&union, step)? else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let (new, _) = self.store_layer(started, |out| {
+            write_planned_layer(entries, self.layer, out).map_err(layer_err)
+        })?;
+        Ok(Some(Outcome::Done(new)))
     }
 
     /// The step on an overlayfs of the layers' snapshots; the upper dir is the

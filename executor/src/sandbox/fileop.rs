@@ -47,7 +47,15 @@
 //!    refuses entries that would escape, then merged in: owners and modes
 //!    from the archive (neither `--chown` nor `--chmod` applies to them, as
 //!    in Docker's engine); a leading `./` entry does not change the
-//!    destination; existing directories get the archive's metadata.
+//!    destination; existing directories get the archive's metadata;
+//! 6. an item's `exclude` and `include` patterns ([`CopyItem`]; `COPY
+//!    --exclude` and `--parents` from another image) filter what is below
+//!    each matched source, with fsutil's rules: a path is copied when it
+//!    (or a directory above it, below the source) matches an include
+//!    pattern and no exclude pattern (`!` exceptions as in
+//!    `.dockerignore`); the directories between the source and an included
+//!    path are created with the source's metadata only when something
+//!    below them is copied; the matched source itself is always kept.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
@@ -56,6 +64,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use forge_context::{MatchInfo, PatternMatcher};
 use serde::{Deserialize, Serialize};
 
 use super::error_chain;
@@ -95,6 +104,21 @@ pub struct CopyItem {
     pub dest: String,
     /// ADD: extract the source if it is a tar archive.
     pub unpack: bool,
+    /// `--exclude` patterns (`.dockerignore` syntax, `!` exceptions
+    /// allowed), matched against each path below a matched source,
+    /// relative to it (fsutil's `ExcludePatterns`): a path that matches,
+    /// or is below a directory that matches, is not copied. The matched
+    /// source itself is never excluded. Empty: none.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Include patterns (fsutil's `IncludePatterns`; `COPY --parents`
+    /// gives the source path below its pivot), matched like `exclude`:
+    /// only paths that match, or are below a match, are copied, and the
+    /// directories above them are created as the source has them (mode,
+    /// owner, times). A pattern without wildcards must name something that
+    /// exists (BuildKit's `RequiredPaths`). Empty: everything.
+    #[serde(default)]
+    pub include: Vec<String>,
 }
 
 /// A COPY or ADD for the sandbox.
@@ -625,11 +649,8 @@ pub fn perform(root: &Path, action: &FileAction) -> Result<(), String> {
             allowed: root_spec.allowed.as_ref(),
             keep_owner: root_spec.keep_owner,
         };
-        let matches = if item.wildcards {
-            expand(&source, &item.path)?
-        } else {
-            vec![parts(&item.path).join("/")]
-        };
+        let filter = Filter::new(item)?;
+        let matches = source.matches(&item.path, item.wildcards)?;
         for rel in matches {
             if item.unpack {
                 let src = resolve_in_root(source.dir, &rel)?;
@@ -638,10 +659,53 @@ pub fn perform(root: &Path, action: &FileAction) -> Result<(), String> {
                     continue;
                 }
             }
-            copy_item(&mut copier, root, &source, &rel, &item.dest)?;
+            // BuildKit's `RequiredPaths`: an include pattern without
+            // wildcards names something that must exist.
+            for pattern in item.include.iter().filter(|p| !has_wildcards(p)) {
+                let required = join_rel(&rel, &parts(pattern).join("/"));
+                let host = resolve_in_root(source.dir, &required)?;
+                if fs::symlink_metadata(&host).is_err() || !source.allows(&required) {
+                    return Err(format!("/{required}: not found"));
+                }
+            }
+            copy_item(
+                &mut copier,
+                root,
+                &source,
+                &rel,
+                &item.dest,
+                filter.as_ref(),
+            )?;
         }
     }
     Ok(())
+}
+
+/// The paths a source names under `dir` (relative, `/`-separated): its
+/// wildcard matches as [`perform`] expands them, or the path itself.
+pub(crate) fn expand_in(
+    dir: &Path,
+    allowed: Option<&BTreeSet<String>>,
+    path: &str,
+) -> Result<Vec<String>, String> {
+    let source = Source {
+        dir,
+        allowed,
+        keep_owner: false,
+    };
+    source.matches(path, true)
+}
+
+impl Source<'_> {
+    /// The paths `path` names: wildcard matches (when `wildcards`), or
+    /// itself.
+    fn matches(&self, path: &str, wildcards: bool) -> Result<Vec<String>, String> {
+        if wildcards {
+            expand(self, path)
+        } else {
+            Ok(vec![parts(path).join("/")])
+        }
+    }
 }
 
 /// Go's `filepath.Split`: everything up to and including the last `/`, and
@@ -660,6 +724,7 @@ fn copy_item(
     source: &Source<'_>,
     rel: &str,
     dest: &str,
+    filter: Option<&Filter>,
 ) -> Result<(), String> {
     let shown = format!("/{rel}");
     if !source.allows(rel) {
@@ -706,7 +771,290 @@ fn copy_item(
     if !dst.starts_with(root) {
         return Err(format!("{dest}: outside the root"));
     }
-    copier.copy(source, &src, &dst, false)
+    match filter {
+        Some(filter) => copier.copy_filtered(source, &src, &dst, filter),
+        None => copier.copy(source, &src, &dst, false),
+    }
+}
+
+/// What an item's include and exclude patterns keep (see [`CopyItem`]).
+struct Filter {
+    include: Option<PatternMatcher>,
+    exclude: Option<PatternMatcher>,
+    /// The literal leading components of each include pattern, to skip
+    /// directories no include pattern can reach (`None`: do not skip).
+    prefixes: Option<Vec<Vec<String>>>,
+}
+
+impl Filter {
+    /// The item's filter; `None` when it has no patterns.
+    fn new(item: &CopyItem) -> Result<Option<Filter>, String> {
+        let compile = |what: &str, patterns: &[String]| -> Result<Option<PatternMatcher>, String> {
+            if patterns.is_empty() {
+                return Ok(None);
+            }
+            let matcher = PatternMatcher::new(patterns)
+                .map_err(|e| format!("invalid {what} pattern {:?}: {}", e.pattern, e.reason))?;
+            Ok((!matcher.is_empty()).then_some(matcher))
+        };
+        let include = compile("include", &item.include)?;
+        let exclude = compile("--exclude", &item.exclude)?;
+        if include.is_none() && exclude.is_none() {
+            return Ok(None);
+        }
+        let prefixes = include.as_ref().and_then(|m| {
+            if m.has_exclusions() {
+                return None;
+            }
+            Some(
+                m.patterns()
+                    .iter()
+                    .map(|p| {
+                        p.as_str()
+                            .split('/')
+                            .take_while(|c| !c.contains(['*', '?', '[', '\\']))
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .collect(),
+            )
+        });
+        Ok(Some(Filter {
+            include,
+            exclude,
+            prefixes,
+        }))
+    }
+
+    /// Whether an include pattern may match something at or below the
+    /// directory `rel`: its path and the pattern's literal prefix agree as
+    /// far as both go.
+    fn may_include_below(&self, rel: &str) -> bool {
+        let Some(prefixes) = &self.prefixes else {
+            return true;
+        };
+        let comps: Vec<&str> = parts(rel);
+        prefixes
+            .iter()
+            .any(|prefix| prefix.iter().zip(&comps).all(|(p, c)| p == c))
+    }
+
+    /// Whether `exclude` has `!` exceptions (an excluded directory must
+    /// then still be walked).
+    fn has_exceptions(&self) -> bool {
+        self.exclude
+            .as_ref()
+            .is_some_and(PatternMatcher::has_exclusions)
+    }
+}
+
+/// A directory on the way to included paths, created (from `src`'s
+/// metadata) only when something below it is copied.
+struct PendingDir {
+    src: PathBuf,
+    target: PathBuf,
+    copied: bool,
+}
+
+impl Copier {
+    /// [`Copier::copy`] of a matched source through `filter` (fsutil's
+    /// `copy` with include and exclude patterns).
+    fn copy_filtered(
+        &mut self,
+        source: &Source<'_>,
+        src: &Path,
+        target: &Path,
+        filter: &Filter,
+    ) -> Result<(), String> {
+        let start = MatchInfo::default();
+        let mut pending = Vec::new();
+        self.copy_matching(
+            source,
+            Walk {
+                src,
+                rel: "",
+                target,
+                overwrite: false,
+            },
+            filter,
+            (&start, &start),
+            &mut pending,
+        )
+    }
+
+    /// One entry of a filtered copy; `parents` are the match states of the
+    /// directory above (include, exclude).
+    fn copy_matching(
+        &mut self,
+        source: &Source<'_>,
+        at: Walk<'_>,
+        filter: &Filter,
+        parents: (&MatchInfo, &MatchInfo),
+        pending: &mut Vec<PendingDir>,
+    ) -> Result<(), String> {
+        let mut include = true;
+        let mut excluded = false;
+        let mut infos = (MatchInfo::default(), MatchInfo::default());
+        if !at.rel.is_empty() {
+            if let Some(m) = &filter.include {
+                let (hit, info) = m.matches_using_parent_results(at.rel, parents.0);
+                include = hit;
+                infos.0 = info;
+            }
+            if let Some(m) = &filter.exclude {
+                let (hit, info) = m.matches_using_parent_results(at.rel, parents.1);
+                if hit {
+                    include = false;
+                    excluded = true;
+                }
+                infos.1 = info;
+            }
+        }
+        let meta = fs::symlink_metadata(at.src).map_err(err("reading", at.src))?;
+        if !meta.is_dir() {
+            if !include {
+                return Ok(());
+            }
+            self.create_pending(source, pending)?;
+            return self.copy(source, at.src, at.target, at.overwrite);
+        }
+        let mut created = false;
+        if include {
+            self.create_pending(source, pending)?;
+            created = match fs::symlink_metadata(at.target) {
+                Err(_) => {
+                    fs::create_dir(at.target).map_err(err("creating", at.target))?;
+                    true
+                }
+                Ok(t) if !t.is_dir() => {
+                    return Err(format!(
+                        "cannot copy to non-directory: {}",
+                        at.target.display()
+                    ))
+                }
+                Ok(_) => false,
+            };
+        }
+        let walk = (!excluded || filter.has_exceptions()) && filter.may_include_below(at.rel);
+        if walk {
+            pending.push(PendingDir {
+                src: at.src.to_path_buf(),
+                target: at.target.to_path_buf(),
+                copied: include,
+            });
+            let result: Result<(), String> = (|| {
+                for name in sorted_entries(at.src)? {
+                    let child = at.src.join(&name);
+                    if let Some(rel) = source.rel(&child) {
+                        if !source.allows(&rel) {
+                            continue;
+                        }
+                    }
+                    let rel = join_rel(at.rel, &name.to_string_lossy());
+                    self.copy_matching(
+                        source,
+                        Walk {
+                            src: &child,
+                            rel: &rel,
+                            target: &at.target.join(&name),
+                            overwrite: true,
+                        },
+                        filter,
+                        (&infos.0, &infos.1),
+                        pending,
+                    )?;
+                }
+                Ok(())
+            })();
+            pending.pop();
+            result?;
+        }
+        if include && (created || at.overwrite) {
+            self.copy_info(source, &meta, at.target)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the pending directories above an included path (fsutil's
+    /// `createParentDirs`): a missing one gets its source's metadata, an
+    /// existing one its source's mode.
+    fn create_pending(
+        &mut self,
+        source: &Source<'_>,
+        pending: &mut [PendingDir],
+    ) -> Result<(), String> {
+        for dir in pending.iter_mut().filter(|d| !d.copied) {
+            let meta = fs::metadata(&dir.src).map_err(err("reading", &dir.src))?;
+            if !meta.is_dir() {
+                return Err(format!("{} is not a directory", dir.src.display()));
+            }
+            match fs::symlink_metadata(&dir.target) {
+                Err(_) => {
+                    fs::create_dir(&dir.target).map_err(err("creating", &dir.target))?;
+                    self.copy_info(source, &meta, &dir.target)?;
+                }
+                Ok(t) if !t.is_dir() => {
+                    return Err(format!(
+                        "cannot copy to non-directory: {}",
+                        dir.target.display()
+                    ))
+                }
+                Ok(_) => {
+                    fs::set_permissions(
+                        &dir.target,
+                        fs::Permissions::from_mode(meta.mode() & 0o7777),
+                    )
+                    .map_err(err("setting the mode of", &dir.target))?;
+                }
+            }
+            dir.copied = true;
+        }
+        Ok(())
+    }
+}
+
+/// Where a filtered copy is: the source entry, its path below the matched
+/// source, its target, and whether an existing directory there takes the
+/// source's metadata.
+#[derive(Clone, Copy)]
+struct Walk<'p> {
+    src: &'p Path,
+    rel: &'p str,
+    target: &'p Path,
+    overwrite: bool,
+}
+
+/// Puts the staged archive entry `src` at `target`, as
+/// `copier.copy(.., overwrite)` would, but a file (or link, node) with
+/// nothing in its way is renamed there instead of copied: its metadata is
+/// the archive's already. Directories are made and merged entry by entry
+/// (then given the archive's metadata): overlayfs marks a directory renamed
+/// into a merged one opaque, which would show in the layer.
+fn merge(
+    copier: &mut Copier,
+    source: &Source<'_>,
+    src: &Path,
+    target: &Path,
+) -> Result<(), String> {
+    let meta = fs::symlink_metadata(src).map_err(err("reading", src))?;
+    let existing = fs::symlink_metadata(target).ok();
+    if meta.is_dir() {
+        match existing {
+            None => fs::create_dir(target).map_err(err("creating", target))?,
+            Some(t) if t.is_dir() => {}
+            Some(_) => return copier.copy(source, src, target, true),
+        }
+        for name in sorted_entries(src)? {
+            merge(copier, source, &src.join(&name), &target.join(&name))?;
+        }
+        return copier.copy_info(source, &meta, target);
+    }
+    // A multiply-linked file is copied, so its links are made as the copier
+    // makes them.
+    if existing.is_none() && meta.nlink() == 1 && fs::rename(src, target).is_ok() {
+        return Ok(());
+    }
+    copier.copy(source, src, target, true)
 }
 
 /// ADD of a local archive: extracted safely into scratch, then merged into
@@ -721,9 +1069,19 @@ fn unpack(
 ) -> Result<(), String> {
     let dest_dir = resolve_in_root(root, dest)?;
     copier.mkdir_all(&dest_dir)?;
-    let staging = action.scratch.join(format!("unpack-{n}"));
-    let _ = fs::remove_dir_all(&staging);
-    fs::create_dir_all(&staging).map_err(err("creating", &staging))?;
+    // Staged in the step's root when it can be (the same file system, so
+    // what is new lands by a rename instead of a second copy); nothing of
+    // it is left in the layer: made and removed in the same step, a new
+    // directory leaves no trace in the upper dir. The scratch dir otherwise.
+    let in_root = root.join(format!(".forge-unpack-{}-{n}", std::process::id()));
+    let staging = if fs::create_dir(&in_root).is_ok() {
+        in_root
+    } else {
+        let scratch = action.scratch.join(format!("unpack-{n}"));
+        let _ = fs::remove_dir_all(&scratch);
+        fs::create_dir_all(&scratch).map_err(err("creating", &scratch))?;
+        scratch
+    };
     let file = fs::File::open(archive).map_err(err("opening", archive))?;
     let mut reader = forge_cache::layer::decompress(file)
         .map_err(|e| format!("reading archive {}: {e}", archive.display()))?;
@@ -745,7 +1103,7 @@ fn unpack(
     };
     let result = (|| {
         for name in sorted_entries(&staging)? {
-            copier.copy(&source, &staging.join(&name), &dest_dir.join(&name), true)?;
+            merge(copier, &source, &staging.join(&name), &dest_dir.join(&name))?;
         }
         Ok(())
     })();
@@ -780,6 +1138,104 @@ mod tests {
         assert!(has_wildcards("[ab]"));
         assert!(!has_wildcards("a\\*"));
         assert!(!has_wildcards("plain"));
+    }
+
+    /// The regular files under `dir`, relative, sorted.
+    fn files_under(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    todo.push(path);
+                } else if let Ok(rel) = path.strip_prefix(dir) {
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn filtered_copy(
+        src: &Path,
+        path: &str,
+        include: &[&str],
+        exclude: &[&str],
+    ) -> Result<Vec<String>, String> {
+        let root = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let meta = fs::metadata(src).map_err(|e| e.to_string())?;
+        let action = FileAction {
+            sources: vec![SourceRoot {
+                dir: src.to_path_buf(),
+                mount: None,
+                allowed: None,
+                keep_owner: true,
+            }],
+            items: vec![CopyItem {
+                root: 0,
+                path: path.to_string(),
+                wildcards: true,
+                dest: "/d/".to_string(),
+                unpack: false,
+                exclude: exclude.iter().map(|s| s.to_string()).collect(),
+                include: include.iter().map(|s| s.to_string()).collect(),
+            }],
+            chown: Some(format!("{}:{}", meta.uid(), meta.gid())),
+            chmod: None,
+            scratch: scratch.path().to_path_buf(),
+        };
+        perform(root.path(), &action)?;
+        Ok(files_under(&root.path().join("d")))
+    }
+
+    #[test]
+    fn include_and_exclude_patterns_filter_below_the_source() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let src = dir.path();
+        for f in [
+            "app/logs/a.log",
+            "app/logs/keep.log",
+            "app/top.txt",
+            "app/src/x.txt",
+            "app/src/m.rs",
+            "other/y.txt",
+        ] {
+            let path = src.join(f);
+            fs::create_dir_all(path.parent().ok_or("parent")?).map_err(|e| e.to_string())?;
+            fs::write(&path, f).map_err(|e| e.to_string())?;
+        }
+        assert_eq!(
+            filtered_copy(src, "/app", &[], &["logs", "!logs/keep.log", "*.txt"])?,
+            ["logs/keep.log", "src/m.rs", "src/x.txt"]
+        );
+        assert_eq!(
+            filtered_copy(src, "/app", &[], &["**/*.txt", "logs"])?,
+            ["src/m.rs"]
+        );
+        // The source itself is kept whatever the patterns.
+        assert_eq!(
+            filtered_copy(src, "/app/top.txt", &[], &["*.txt"])?,
+            ["top.txt"]
+        );
+        // `--parents`: from the root through an include pattern.
+        assert_eq!(
+            filtered_copy(src, "/", &["app/*/*.txt"], &[])?,
+            ["app/src/x.txt"]
+        );
+        assert_eq!(
+            filtered_copy(src, "/app", &["src"], &["*.rs"])?,
+            ["src/m.rs", "src/x.txt"]
+        );
+        assert_eq!(
+            filtered_copy(src, "/", &["**/y.txt"], &[])?,
+            ["other/y.txt"]
+        );
+        // A literal include pattern must exist.
+        assert!(filtered_copy(src, "/", &["app/none"], &[]).is_err());
+        Ok(())
     }
 
     #[test]

@@ -52,7 +52,9 @@ impl Flags {
     /// value.
     pub fn take(&mut self, name: &str) -> Option<Spanned<String>> {
         let i = self.given.iter().position(|(n, _)| *n == name)?;
-        let (_, g) = self.given.swap_remove(i);
+        // `remove`, not `swap_remove`: the order of what remains matters to
+        // repeatable flags (`--exclude=a --exclude=!a/b`).
+        let (_, g) = self.given.remove(i);
         Some(Spanned::new(g.value, g.value_span))
     }
 
