@@ -1069,6 +1069,24 @@ fn unpack(
 ) -> Result<(), String> {
     let dest_dir = resolve_in_root(root, dest)?;
     copier.mkdir_all(&dest_dir)?;
+    let open = || -> Result<Box<dyn Read>, String> {
+        let file = fs::File::open(archive).map_err(err("opening", archive))?;
+        forge_cache::layer::decompress(file)
+            .map_err(|e| format!("reading archive {}: {e}", archive.display()))
+    };
+    let extract = |reader: &mut dyn Read, into: &Path| {
+        forge_cache::layer::apply_layer(reader, into, &forge_cache::layer::ApplyLimits::default())
+            .map(|_| ())
+            .map_err(|e| format!("extracting {}: {}", archive.display(), error_chain(&e)))
+    };
+    // Into an empty destination, staging and merging would give what
+    // extracting in place gives (the archive's entries with their metadata;
+    // a `./` entry leaves the directory alone; nothing outside it reachable
+    // but what the archive made): extract in place, each file made once.
+    let empty = fs::read_dir(&dest_dir).is_ok_and(|mut entries| entries.next().is_none());
+    if empty {
+        return extract(&mut open()?, &dest_dir);
+    }
     // Staged in the step's root when it can be (the same file system, so
     // what is new lands by a rename instead of a second copy); nothing of
     // it is left in the layer: made and removed in the same step, a new
@@ -1082,15 +1100,10 @@ fn unpack(
         fs::create_dir_all(&scratch).map_err(err("creating", &scratch))?;
         scratch
     };
-    let file = fs::File::open(archive).map_err(err("opening", archive))?;
-    let mut reader = forge_cache::layer::decompress(file)
-        .map_err(|e| format!("reading archive {}: {e}", archive.display()))?;
-    forge_cache::layer::apply_layer(
-        &mut reader,
-        &staging,
-        &forge_cache::layer::ApplyLimits::default(),
-    )
-    .map_err(|e| format!("extracting {}: {}", archive.display(), error_chain(&e)))?;
+    if let Err(e) = extract(&mut open()?, &staging) {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(e);
+    }
     // Archive entries keep their owners and modes: neither `--chown` nor
     // `--chmod` applies to them (the engine's behaviour; `--chown` only owns
     // the destination directories created).
