@@ -75,6 +75,10 @@ pub struct BuildArgs {
     /// The target platform; only the host's is supported for now.
     #[arg(long)]
     pub platform: Option<String>,
+    /// How many steps may run at once (independent stages run in
+    /// parallel); 0: one per core.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub jobs: usize,
 }
 
 /// `--progress`.
@@ -577,6 +581,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         explain_cache: args.explain_cache,
         build_id,
         named_contexts,
+        jobs: args.jobs,
     };
     let mode = match (args.quiet, args.progress) {
         (true, _) => ProgressMode::Quiet,

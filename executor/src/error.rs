@@ -95,6 +95,12 @@ pub enum ExecutorError {
         what: String,
     },
 
+    /// A stage stopped because another one failed (never the error a build
+    /// returns: the other stage's is).
+    #[error("stopped: another stage of the build failed")]
+    #[diagnostic(code(forge::executor::stopped))]
+    Stopped,
+
     /// A COPY or ADD failed (a missing source, an unknown `--chown` name, an
     /// archive with an entry that would escape, a checksum mismatch).
     #[error("{0}")]

@@ -49,8 +49,8 @@ pub enum FileFrom<'a> {
     /// the sandbox, which sees the image's files, can apply (for a context,
     /// its selection applies them before the copy).
     Image {
-        /// The image.
-        state: &'a ImageState,
+        /// The image (borrowed, or another stage's, owned).
+        state: std::borrow::Cow<'a, ImageState>,
         /// `--exclude` patterns, matched below each source path (see
         /// [`CopyItem::exclude`]).
         exclude: Vec<String>,

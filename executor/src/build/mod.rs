@@ -37,6 +37,8 @@ mod state;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use forge_cache::image::rfc3339;
@@ -98,6 +100,8 @@ pub struct BuildOptions {
     /// read instead of an image of that name (looked up with
     /// [`named_context`]).
     pub named_contexts: std::collections::BTreeMap<String, NamedContext>,
+    /// How many steps may run (sandbox or copy) at once; 0: one per core.
+    pub jobs: usize,
 }
 
 /// A `--build-context`.
@@ -321,7 +325,21 @@ pub fn build(
             Err(reason) => KeyState::Pending(reason.clone()),
         })
         .collect();
-    let mut driver = Driver {
+    let stages = &graph.ir().stages;
+    let built_stages: Vec<&Stage> = stages.iter().filter(|s| graph.builds(s.id)).collect();
+    // Progress numbers as a sequential build gives them: each built stage's
+    // FROM, then its steps that do work, stage after stage.
+    let mut first_vertex = vec![0; stages.len()];
+    let mut next = 1;
+    for stage in &built_stages {
+        first_vertex[stage.id.0] = next;
+        next += 1 + stage.steps.iter().filter(|s| is_fs_step(&s.op)).count();
+    }
+    let jobs = match opts.jobs {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let driver = Driver {
         graph,
         store,
         opts,
@@ -330,27 +348,51 @@ pub fn build(
         recipes,
         selections,
         image_sources,
-        results: Vec::new(),
-        vertex: 0,
-        last_good: None,
-        multi_stage: graph
-            .ir()
-            .stages
-            .iter()
-            .filter(|s| graph.builds(s.id))
-            .count()
-            > 1,
+        results: stages.iter().map(|_| StageResult::default()).collect(),
+        first_vertex,
+        last_good: Mutex::new(vec![None; stages.len()]),
+        failed: AtomicBool::new(false),
+        jobs: Jobs::new(jobs),
+        multi_stage: built_stages.len() > 1,
     };
-    driver.results = vec![None; graph.ir().stages.len()];
-    for stage in &graph.ir().stages {
-        if graph.builds(stage.id) {
-            let result = driver.build_stage(stage)?;
-            driver.results[stage.id.0] = Some(result);
+    // One thread per stage: each runs its steps in order and waits where it
+    // needs another stage (its base, a `COPY --from`), so independent
+    // stages overlap; `jobs` bounds the steps that do work at once. The
+    // first failure stops the other stages at their next step.
+    let errors: Mutex<Vec<ExecutorError>> = Mutex::new(Vec::new());
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let group = BUILDS.fetch_add(1, Ordering::SeqCst);
+    std::thread::scope(|scope| {
+        for stage in &built_stages {
+            let (driver, errors) = (&driver, &errors);
+            scope.spawn(move || {
+                match crate::sandbox::in_group(group, || driver.build_stage(stage)) {
+                    Ok(result) => driver.finish(stage.id, result),
+                    Err(e) => {
+                        let first = !driver.failed.swap(true, Ordering::SeqCst);
+                        errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                        if first {
+                            // The other stages' running steps stop now
+                            // (their errors come after this one).
+                            crate::sandbox::kill_group(group);
+                        }
+                        driver.fail();
+                    }
+                }
+            });
         }
+    });
+    let errors = errors.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(first) = errors
+        .into_iter()
+        .find(|e| !matches!(e, ExecutorError::Stopped))
+    {
+        return Err(first);
     }
     let mut built = Vec::new();
     for target in graph.targets() {
-        let Some(Some((_, committed))) = driver.results.get(target.stage.0) else {
+        let Some(Some((_, committed))) = driver.results.get(target.stage.0).map(StageResult::get)
+        else {
             return Err(ExecutorError::InvalidImage(format!(
                 "target {} was not built",
                 target.name
@@ -359,7 +401,7 @@ pub fn build(
         built.push(BuiltImage {
             target: target.name.clone(),
             tags: target.tags.clone(),
-            committed: *committed,
+            committed,
         });
     }
     Ok(built)
@@ -377,11 +419,65 @@ struct Driver<'a> {
     selections: HashMap<NodeIndex, forge_context::Selection>,
     /// Images used as `COPY --from` sources, by reference.
     image_sources: HashMap<String, ImageState>,
-    /// Per stage: its final state and commit.
-    results: Vec<Option<(ImageState, Committed)>>,
-    vertex: usize,
-    last_good: Option<Sha256Digest>,
+    /// Per stage: its final state and commit, once built.
+    results: Vec<StageResult>,
+    /// Per stage: the progress number of its FROM (its steps that do work
+    /// follow).
+    first_vertex: Vec<usize>,
+    /// Per stage: the image ID of its last step that succeeded.
+    last_good: Mutex<Vec<Option<Sha256Digest>>>,
+    /// Set when a stage failed: the others stop.
+    failed: AtomicBool,
+    /// Bounds the steps that do work at once.
+    jobs: Jobs,
     multi_stage: bool,
+}
+
+/// One stage's result, awaited by the stages that build on it.
+#[derive(Default)]
+struct StageResult {
+    done: Mutex<Option<(ImageState, Committed)>>,
+    ready: Condvar,
+}
+
+impl StageResult {
+    fn get(&self) -> Option<(ImageState, Committed)> {
+        self.done.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A counting semaphore: at most `n` holders of a [`JobSlot`].
+struct Jobs {
+    free: Mutex<usize>,
+    released: Condvar,
+}
+
+/// A running step's place among the [`Jobs`]; given back when dropped.
+struct JobSlot<'j>(&'j Jobs);
+
+impl Jobs {
+    fn new(n: usize) -> Self {
+        Self {
+            free: Mutex::new(n.max(1)),
+            released: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> JobSlot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.released.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        JobSlot(self)
+    }
+}
+
+impl Drop for JobSlot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.released.notify_one();
+    }
 }
 
 /// Whether a step changes the file system (and so gets a progress line).
@@ -402,13 +498,59 @@ fn one_line(text: &str) -> String {
 }
 
 impl Driver<'_> {
-    fn next_vertex(&mut self, label: &str) -> usize {
-        self.vertex += 1;
-        self.reporter.event(Event::Started {
-            vertex: self.vertex,
-            label,
-        });
-        self.vertex
+    /// Reports that step `vertex` starts.
+    fn start(&self, vertex: usize, label: &str) -> usize {
+        self.reporter.event(Event::Started { vertex, label });
+        vertex
+    }
+
+    /// Records a built stage and wakes the stages waiting for it.
+    fn finish(&self, stage: StageId, result: (ImageState, Committed)) {
+        if let Some(slot) = self.results.get(stage.0) {
+            *slot.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+            slot.ready.notify_all();
+        }
+    }
+
+    /// Marks the build failed and wakes every waiting stage, to stop.
+    fn fail(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+        for slot in &self.results {
+            // Under the lock: a waiter between its check and its wait
+            // would miss a bare notify.
+            let _held = slot.done.lock().unwrap_or_else(|p| p.into_inner());
+            slot.ready.notify_all();
+        }
+    }
+
+    /// `Err(Stopped)` once another stage has failed.
+    fn check_running(&self) -> Result<(), ExecutorError> {
+        if self.failed.load(Ordering::SeqCst) {
+            Err(ExecutorError::Stopped)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The final state of stage `id`, waiting for it to be built.
+    fn stage_state(&self, id: StageId) -> Result<ImageState, ExecutorError> {
+        let slot = self.results.get(id.0).ok_or_else(|| {
+            ExecutorError::InvalidImage(format!("stage {} is not in the build", id.0))
+        })?;
+        let mut done = slot.done.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some((state, _)) = done.as_ref() {
+                return Ok(state.clone());
+            }
+            self.check_running()?;
+            done = slot.ready.wait(done).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The image ID of stage `id`'s last step that succeeded.
+    fn last_good(&self, id: StageId) -> Option<Sha256Digest> {
+        let all = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(id.0).copied().flatten()
     }
 
     /// What a COPY/ADD may see of the context: its selection's entries and
@@ -505,15 +647,7 @@ impl Driver<'_> {
     fn base_state(&self, stage: &Stage, vertex: usize) -> Result<ImageState, ExecutorError> {
         let mut state = match &stage.base {
             Base::Scratch => ImageState::scratch(),
-            Base::Stage(id) => match self.results.get(id.0) {
-                Some(Some((state, _))) => state.clone(),
-                _ => {
-                    return Err(ExecutorError::InvalidImage(format!(
-                        "stage {} was not built before the stage that uses it",
-                        self.graph.stage_name(*id)
-                    )))
-                }
-            },
+            Base::Stage(id) => self.stage_state(*id)?,
             Base::Image(image) => {
                 match named_context(&self.opts.named_contexts, &image.reference) {
                     Some(NamedContext::Dir { dir, index }) => {
@@ -586,7 +720,10 @@ impl Driver<'_> {
         };
         let reporter = self.reporter;
         let output = move |line: &str| reporter.event(Event::Output { vertex, line });
-        match self.runner().run_file(&state, &file, &output)? {
+        let slot = self.jobs.acquire();
+        let outcome = self.runner().run_file(&state, &file, &output);
+        drop(slot);
+        match outcome? {
             Outcome::Done(new) => self.push_layer(vertex, &mut state, new),
             Outcome::Failed { code, tail } => {
                 return Err(ExecutorError::FileAction(format!(
@@ -606,7 +743,7 @@ impl Driver<'_> {
         Ok(state)
     }
 
-    fn build_stage(&mut self, stage: &Stage) -> Result<(ImageState, Committed), ExecutorError> {
+    fn build_stage(&self, stage: &Stage) -> Result<(ImageState, Committed), ExecutorError> {
         let fs_steps = stage.steps.iter().filter(|s| is_fs_step(&s.op)).count();
         let total = fs_steps + 1;
         let prefix = if self.multi_stage {
@@ -616,7 +753,8 @@ impl Driver<'_> {
         };
         let from_label = format!("[{prefix}1/{total}] {}", one_line(&stage.origin.text));
         let started = Instant::now();
-        let vertex = self.next_vertex(&from_label);
+        let first_vertex = self.first_vertex.get(stage.id.0).copied().unwrap_or(0);
+        let vertex = self.start(first_vertex, &from_label);
         let mut state = self.base_state(stage, vertex)?;
         let mut committed = state.commit(self.store, self.opts.layer.source_date_epoch)?;
         self.reporter.event(Event::Done {
@@ -628,6 +766,7 @@ impl Driver<'_> {
         let mut cmd_set = false;
         let mut fs_index = 1;
         for (index, step) in stage.steps.iter().enumerate() {
+            self.check_running()?;
             let fs = is_fs_step(&step.op);
             let vertex = if fs {
                 fs_index += 1;
@@ -635,7 +774,7 @@ impl Driver<'_> {
                     "[{prefix}{fs_index}/{total}] {}",
                     one_line(&step.origin.text)
                 );
-                Some(self.next_vertex(&label))
+                Some(self.start(first_vertex + fs_index - 1, &label))
             } else {
                 None
             };
@@ -706,13 +845,20 @@ impl Driver<'_> {
             if matches!(step.op, Op::Cmd(_)) {
                 cmd_set = true;
             }
-            self.last_good = Some(committed.id);
+            if let Some(last) = self
+                .last_good
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(stage.id.0)
+            {
+                *last = Some(committed.id);
+            }
         }
         Ok((state, committed))
     }
 
     fn run_step(
-        &mut self,
+        &self,
         stage: &Stage,
         step: &Step,
         vertex: Option<usize>,
@@ -939,15 +1085,7 @@ impl Driver<'_> {
                 },
                 allowed: self.allowed_in_context(stage, step),
             },
-            SourceRef::Stage(id) => match self.results.get(id.0) {
-                Some(Some((state, _))) => image_from(state),
-                _ => {
-                    return Err(ExecutorError::InvalidImage(format!(
-                        "stage {} was not built before the stage that uses it",
-                        self.graph.stage_name(*id)
-                    )))
-                }
-            },
+            SourceRef::Stage(id) => image_from(std::borrow::Cow::Owned(self.stage_state(*id)?)),
             SourceRef::Image(name) => match named_context(&self.opts.named_contexts, name) {
                 Some(NamedContext::Dir { dir, index }) => {
                     let selection = if copy_op.is_some_and(|c| c.parents || !c.exclude.is_empty()) {
@@ -1011,10 +1149,10 @@ impl Driver<'_> {
         &'s self,
         keyword: &str,
         image: &str,
-        image_from: impl FnOnce(&'s ImageState) -> FileFrom<'s>,
+        image_from: impl FnOnce(std::borrow::Cow<'s, ImageState>) -> FileFrom<'s>,
     ) -> Result<FileFrom<'s>, ExecutorError> {
         match self.image_sources.get(image) {
-            Some(state) => Ok(image_from(state)),
+            Some(state) => Ok(image_from(std::borrow::Cow::Borrowed(state))),
             None => Err(ExecutorError::InvalidImage(format!(
                 "{keyword} --from={image}: the image was not loaded"
             ))),
@@ -1044,7 +1182,10 @@ impl Driver<'_> {
         let reporter = self.reporter;
         let v = vertex.unwrap_or(0);
         let output = move |line: &str| reporter.event(Event::Output { vertex: v, line });
-        let outcome = runner.run_file(state, file, &output).map_err(|e| match e {
+        let slot = self.jobs.acquire();
+        let outcome = runner.run_file(state, file, &output);
+        drop(slot);
+        let outcome = outcome.map_err(|e| match e {
             ExecutorError::FileAction(msg) => {
                 ExecutorError::FileAction(format!("{}: {msg}", self.step_label(stage, step)))
             }
@@ -1092,7 +1233,7 @@ impl Driver<'_> {
 
     /// Runs a sandbox step and adds its layer (if any) to `state`.
     fn sandbox(
-        &mut self,
+        &self,
         stage: &Stage,
         step: &Step,
         vertex: Option<usize>,
@@ -1104,14 +1245,17 @@ impl Driver<'_> {
         let reporter = self.reporter;
         let v = vertex.unwrap_or(0);
         let output = move |line: &str| reporter.event(Event::Output { vertex: v, line });
-        match runner.run(state, sandbox_step, &output)? {
+        let slot = self.jobs.acquire();
+        let outcome = runner.run(state, sandbox_step, &output);
+        drop(slot);
+        match outcome? {
             Outcome::Done(new) => self.add_layer(stage, step, v, state, new),
             Outcome::Failed { code, tail } => Err(ExecutorError::RunFailed {
                 step: self.step_label(stage, step),
                 command: shell_words(argv),
                 code,
                 tail,
-                last_good: self.last_good.map(|d| d.to_string()),
+                last_good: self.last_good(stage.id).map(|d| d.to_string()),
             }),
         }
     }

@@ -7,7 +7,7 @@ mod syscall;
 mod unsafe_ops;
 pub mod user;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -270,7 +270,17 @@ fn run_with(
     drop(command);
     let mut child = spawned.map_err(process_err("spawning the sandbox"))?;
     let pid = child.id();
-    live_sandboxes().insert(pid);
+    {
+        let mut live = live_sandboxes();
+        let group = GROUP.with(std::cell::Cell::get);
+        live.pids.insert(pid, group);
+        if live.stopped.contains(&group) {
+            // Its build stopped while it was being set up.
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
     // A sandbox that dies early closes the socket; its report tells why.
     let mut report = Vec::new();
     let mut map_error = None;
@@ -307,7 +317,7 @@ fn run_with(
     // Wait without reaping, so that the pid cannot be reused while it is still
     // registered (kill_all could otherwise hit an unrelated process).
     let waited = wait_unreaped(pid);
-    live_sandboxes().remove(&pid);
+    live_sandboxes().pids.remove(&pid);
     waited?;
     let status = child
         .wait()
@@ -369,14 +379,59 @@ fn write_id_maps(pid: u32) -> Result<(), ExecutorError> {
     Ok(())
 }
 
-/// Pids of the sandbox processes [`run`] has spawned and not yet waited for.
-static LIVE_SANDBOXES: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+/// The sandbox processes [`run`] has spawned and not yet waited for.
+struct Live {
+    /// Their pids, with the group each was started in (see [`in_group`]).
+    pids: BTreeMap<u32, u64>,
+    /// Groups [`kill_group`] stopped: a sandbox starting in one is killed
+    /// as soon as it is registered.
+    stopped: BTreeSet<u64>,
+}
 
-fn live_sandboxes() -> MutexGuard<'static, BTreeSet<u32>> {
+static LIVE_SANDBOXES: Mutex<Live> = Mutex::new(Live {
+    pids: BTreeMap::new(),
+    stopped: BTreeSet::new(),
+});
+
+fn live_sandboxes() -> MutexGuard<'static, Live> {
     // The set stays consistent whatever panicked while holding the lock.
     LIVE_SANDBOXES
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+thread_local! {
+    /// The group the sandboxes this thread starts belong to (0: none).
+    static GROUP: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` with the sandboxes it starts on this thread in `group` (not 0),
+/// so that [`kill_group`] can stop them: a build's stages run on threads of
+/// their own, and the first failure stops the others' running steps, not
+/// another build's in the same process.
+pub fn in_group<R>(group: u64, f: impl FnOnce() -> R) -> R {
+    let before = GROUP.with(|g| g.replace(group));
+    let result = f();
+    GROUP.with(|g| g.set(before));
+    result
+}
+
+/// Sends `SIGKILL` to the live sandboxes started in `group` (see
+/// [`kill_all`] for what follows). Returns how many were signalled.
+pub fn kill_group(group: u64) -> usize {
+    if group == 0 {
+        return 0;
+    }
+    let mut live = live_sandboxes();
+    live.stopped.insert(group);
+    let mut killed = 0;
+    for (pid, _) in live.pids.iter().filter(|(_, g)| **g == group) {
+        if let Ok(pid) = i32::try_from(*pid) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            killed += 1;
+        }
+    }
+    killed
 }
 
 /// Waits until process `pid` (our child) has terminated, leaving it a zombie.
@@ -401,13 +456,13 @@ fn wait_unreaped(pid: u32) -> Result<(), ExecutorError> {
 /// also die with forge.
 pub fn kill_all() -> usize {
     let live = live_sandboxes();
-    for pid in live.iter() {
+    for pid in live.pids.keys() {
         if let Ok(pid) = i32::try_from(*pid) {
             // Still our unreaped child: the pid cannot belong to anyone else.
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
-    live.len()
+    live.pids.len()
 }
 
 /// Empties overlayfs's work dir. It is scratch space, but a `volatile` mount
