@@ -1,8 +1,8 @@
 //! `forge build`: lowering against the store, running the build, progress
 //! output, tagging.
 
-use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -19,7 +19,7 @@ use forge_executor::build::{
 use forge_executor::sandbox::Network;
 use forge_executor::ExecutorError;
 use forge_frontend::resolve::{BaseImage, BaseResolver};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use oci_spec::image::{Descriptor, Digest, MediaType};
 use serde_json::Value;
 
@@ -79,6 +79,36 @@ pub struct BuildArgs {
     /// parallel); 0: one per core.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub jobs: usize,
+    /// A secret for `RUN --mount=type=secret` (repeatable), docker buildx's
+    /// syntax: `id=ID,src=FILE`, `id=ID,env=VARIABLE`, `type=file|env`; a
+    /// bare `id=ID` reads the variable ID if set, else the file ID. Never
+    /// stored in the image, the cache or the output.
+    #[arg(long = "secret", value_name = "id=ID[,src=FILE|,env=VAR]")]
+    pub secrets: Vec<String>,
+    /// An SSH agent socket or keys to expose (`RUN --mount=type=ssh`, not
+    /// supported yet; such a RUN fails).
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY...]")]
+    pub ssh: Vec<String>,
+    #[command(flatten)]
+    pub extra: Box<ExtraArgs>,
+}
+
+/// `--label`, `--add-host`, `--metadata-file` (boxed, so that
+/// [`BuildArgs`] stays a reasonable size among the subcommands' args).
+#[derive(Debug, Args)]
+pub struct ExtraArgs {
+    /// Set a label on the built image (repeatable; over the build file's
+    /// `LABEL` of the same key). Not part of any step's cache key.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Add a line to the `/etc/hosts` of RUN steps (repeatable; also
+    /// `HOST=IP`). Never part of a layer.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<String>,
+    /// Write the result as buildx does (`containerimage.digest`,
+    /// `containerimage.config.digest`, `image.name`, ...) to this JSON file.
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
 }
 
 /// `--progress`.
@@ -306,70 +336,334 @@ impl Reporter for PlainReporter {
     }
 }
 
-/// A spinner with the current step; output lines and finished steps scroll
-/// above it.
+/// Whether progress may use colors: not when `NO_COLOR` is set to anything
+/// but the empty string (<https://no-color.org>), nor on a `dumb` terminal.
+fn colors_enabled() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+}
+
+/// Where the live view draws: the terminal, or (`--progress tty` asked for
+/// when standard error is not one, a CI log say) standard error as a
+/// terminal of `$COLUMNS` (80) columns, escape codes and all.
+fn tty_draw_target(is_terminal: bool) -> ProgressDrawTarget {
+    if is_terminal {
+        return ProgressDrawTarget::stderr();
+    }
+    let size = |var: &str, default: u16| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(default)
+    };
+    ProgressDrawTarget::term_like_with_hz(
+        Box::new(StderrTerm {
+            width: size("COLUMNS", 80),
+            height: size("LINES", 100),
+        }),
+        10,
+    )
+}
+
+/// Standard error as indicatif's terminal, whether it is one or not.
+#[derive(Debug)]
+struct StderrTerm {
+    width: u16,
+    height: u16,
+}
+
+impl StderrTerm {
+    fn write(s: &str) -> std::io::Result<()> {
+        std::io::stderr().lock().write_all(s.as_bytes())
+    }
+
+    fn csi(n: usize, code: char) -> std::io::Result<()> {
+        if n == 0 {
+            Ok(())
+        } else {
+            Self::write(&format!("\x1b[{n}{code}"))
+        }
+    }
+}
+
+impl TermLike for StderrTerm {
+    fn width(&self) -> u16 {
+        self.width
+    }
+    fn height(&self) -> u16 {
+        self.height
+    }
+    fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+        Self::csi(n, 'A')
+    }
+    fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+        Self::csi(n, 'B')
+    }
+    fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
+        Self::csi(n, 'C')
+    }
+    fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
+        Self::csi(n, 'D')
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        Self::write(&format!("{s}\n"))
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        Self::write(s)
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Self::write("\r\x1b[2K")
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// How many of a running step's last output lines the live view shows.
+const TTY_TAIL: usize = 3;
+
+/// The live view (`--progress tty`), buildx's way: a line per running step
+/// with its time and, under it, its last output lines; finished steps
+/// scroll above as ` => [2/5] RUN make 1.2s`; cache hits in a row are
+/// collapsed into one ` => CACHED ...` line. Stages run side by side, so
+/// several steps may be live at once.
 struct TtyReporter {
+    multi: MultiProgress,
+    header: ProgressBar,
+    color: bool,
+    state: Mutex<TtyState>,
+}
+
+#[derive(Default)]
+struct TtyState {
+    /// Every step seen, by vertex.
+    steps: HashMap<usize, TtyStep>,
+    /// Labels of cache hits not printed yet, and their live line.
+    cached: Vec<String>,
+    cached_bar: Option<ProgressBar>,
+}
+
+struct TtyStep {
+    label: String,
+    /// The step's line and its output lines while it runs; `None` once it
+    /// finished (or came from the cache).
+    live: Option<LiveStep>,
+}
+
+struct LiveStep {
     bar: ProgressBar,
-    labels: Mutex<Vec<String>>,
+    lines: Vec<ProgressBar>,
+    tail: VecDeque<String>,
+}
+
+/// `1.2s`, the elapsed time of a bar.
+fn seconds_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+        .with_key(
+            "secs",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1}s", state.elapsed().as_secs_f64());
+            },
+        )
+}
+
+/// A command's output line as the live view shows it: what a `\r` left
+/// visible, without escape sequences or other control characters (the
+/// view's own line counting depends on it).
+fn printable(line: &str) -> String {
+    let line = line.rsplit('\r').next().unwrap_or(line);
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI `ESC [ ... final` or a two-character escape.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if c == '\t' || !c.is_control() {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl TtyReporter {
-    fn new() -> Self {
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    fn new(target: ProgressDrawTarget, color: bool) -> Self {
+        let multi = MultiProgress::with_draw_target(target);
+        let header = multi.add(
+            ProgressBar::new_spinner()
+                .with_style(seconds_style("[+] Building {secs} ({pos} done)")),
         );
-        bar.enable_steady_tick(Duration::from_millis(100));
+        header.enable_steady_tick(Duration::from_millis(100));
         Self {
-            bar,
-            labels: Mutex::new(Vec::new()),
+            multi,
+            header,
+            color,
+            state: Mutex::new(TtyState::default()),
         }
     }
 
-    fn label(&self, vertex: usize) -> String {
-        self.labels
-            .lock()
-            .ok()
-            .and_then(|l| l.get(vertex.wrapping_sub(1)).cloned())
-            .unwrap_or_default()
+    /// Prints a finished line above the live ones (blue, as buildx's, when
+    /// colors are on).
+    fn print_done(&self, line: &str) {
+        let _ = if self.color {
+            self.multi.println(format!("\x1b[34m{line}\x1b[0m"))
+        } else {
+            self.multi.println(line)
+        };
+    }
+
+    /// The collapsed line of `labels`, cache hits in a row.
+    fn cached_line(labels: &[String]) -> String {
+        match labels {
+            [] => String::new(),
+            [one] => format!(" => CACHED {one}"),
+            [first, .., last] => {
+                format!(" => CACHED {} steps: {first} ... {last}", labels.len())
+            }
+        }
+    }
+
+    /// Prints the cache hits not printed yet, as one line.
+    fn flush_cached(&self, state: &mut TtyState) {
+        if let Some(bar) = state.cached_bar.take() {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+        if !state.cached.is_empty() {
+            self.print_done(&Self::cached_line(&state.cached));
+            state.cached.clear();
+        }
+    }
+
+    /// Ends a running step's live lines; returns its label, or `None` if it
+    /// had finished already.
+    fn finish_step(&self, state: &mut TtyState, vertex: usize) -> Option<String> {
+        let step = state.steps.get_mut(&vertex)?;
+        let live = step.live.take()?;
+        for bar in live.lines.iter().chain(std::iter::once(&live.bar)) {
+            bar.finish_and_clear();
+            self.multi.remove(bar);
+        }
+        self.header.inc(1);
+        Some(step.label.clone())
     }
 }
 
 impl Reporter for TtyReporter {
     fn event(&self, event: Event<'_>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match event {
             Event::Started { vertex, label } => {
-                if let Ok(mut labels) = self.labels.lock() {
-                    let len = vertex.max(labels.len());
-                    labels.resize(len, String::new());
-                    if let Some(slot) = labels.get_mut(vertex.wrapping_sub(1)) {
-                        *slot = label.to_string();
-                    }
-                }
-                self.bar.set_message(label.to_string());
+                let bar = self.multi.add(
+                    ProgressBar::new_spinner()
+                        .with_style(seconds_style(" => {wide_msg} {secs:>6}"))
+                        .with_message(label.to_string()),
+                );
+                bar.enable_steady_tick(Duration::from_millis(100));
+                state.steps.insert(
+                    vertex,
+                    TtyStep {
+                        label: label.to_string(),
+                        live: Some(LiveStep {
+                            bar,
+                            lines: Vec::new(),
+                            tail: VecDeque::new(),
+                        }),
+                    },
+                );
             }
             Event::Cached { vertex } => {
-                self.bar
-                    .println(format!(" => CACHED {}", self.label(vertex)));
+                if let Some(label) = self.finish_step(&mut state, vertex) {
+                    state.cached.push(label);
+                    let line = Self::cached_line(&state.cached);
+                    match &state.cached_bar {
+                        Some(bar) => bar.set_message(line),
+                        None => {
+                            let bar = self.multi.insert_after(
+                                &self.header,
+                                ProgressBar::new_spinner()
+                                    .with_style(
+                                        ProgressStyle::with_template("{wide_msg}")
+                                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                                    )
+                                    .with_message(line),
+                            );
+                            bar.tick();
+                            state.cached_bar = Some(bar);
+                        }
+                    }
+                }
             }
-            Event::Output { line, .. } => self.bar.println(format!("    {line}")),
+            Event::Output { vertex, line } => {
+                let Some(live) = state.steps.get_mut(&vertex).and_then(|s| s.live.as_mut()) else {
+                    return;
+                };
+                if live.tail.len() == TTY_TAIL {
+                    live.tail.pop_front();
+                }
+                live.tail.push_back(printable(line));
+                while live.lines.len() < live.tail.len() {
+                    let after = live.lines.last().unwrap_or(&live.bar).clone();
+                    let bar = self.multi.insert_after(
+                        &after,
+                        ProgressBar::new_spinner().with_style(
+                            ProgressStyle::with_template("    {wide_msg}")
+                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        ),
+                    );
+                    live.lines.push(bar);
+                }
+                for (bar, text) in live.lines.iter().zip(&live.tail) {
+                    bar.set_message(text.clone());
+                }
+            }
             Event::Layer { .. } => {}
-            Event::Explain { vertex, reason } => self
-                .bar
-                .println(format!("    {} cache miss: {reason}", self.label(vertex))),
-            Event::Done { vertex, elapsed } => self.bar.println(format!(
-                " => {} {:.1}s",
-                self.label(vertex),
-                elapsed.as_secs_f64()
-            )),
+            Event::Explain { vertex, reason } => {
+                self.flush_cached(&mut state);
+                let label = state
+                    .steps
+                    .get(&vertex)
+                    .map(|s| s.label.as_str())
+                    .unwrap_or_default();
+                let _ = self
+                    .multi
+                    .println(format!(" => {label} cache miss: {reason}"));
+            }
+            Event::Done { vertex, elapsed } => {
+                if let Some(label) = self.finish_step(&mut state, vertex) {
+                    self.flush_cached(&mut state);
+                    self.print_done(&format!(" => {label} {:.1}s", elapsed.as_secs_f64()));
+                }
+            }
         }
     }
 }
 
 impl Drop for TtyReporter {
     fn drop(&mut self) {
-        self.bar.finish_and_clear();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.flush_cached(&mut state);
+        // Steps still live (a failed build): their lines go; the error
+        // report follows with the failed step's last output.
+        for step in state.steps.values_mut() {
+            if let Some(live) = step.live.take() {
+                for bar in live.lines.iter().chain(std::iter::once(&live.bar)) {
+                    bar.finish_and_clear();
+                }
+            }
+        }
+        self.header.finish_and_clear();
+        let _ = self.multi.clear();
     }
 }
 
@@ -455,6 +749,131 @@ fn read_stdin_context(store: &Store, may_be_dockerfile: bool) -> Result<StdinCon
         }
     })?;
     Ok(dir)
+}
+
+/// `--secret` values (see [`forge_executor::sandbox::mounts::parse_secret`]),
+/// by id; a later one of the same id wins.
+fn parse_secrets(
+    raw: &[String],
+) -> Result<
+    std::collections::BTreeMap<String, forge_executor::sandbox::mounts::SecretSource>,
+    Failure,
+> {
+    raw.iter()
+        .map(|spec| {
+            forge_executor::sandbox::mounts::parse_secret(spec).map_err(|e| {
+                crate::usage(
+                    format!("invalid --secret `{spec}`: {e}"),
+                    "write it as id=ID,src=FILE or id=ID,env=VARIABLE",
+                )
+            })
+        })
+        .collect()
+}
+
+/// `--label KEY=VALUE` (as docker: `KEY` alone is an empty value).
+fn parse_labels(raw: &[String]) -> Result<Vec<(String, String)>, Failure> {
+    raw.iter()
+        .map(|spec| {
+            let (key, value) = spec.split_once('=').unwrap_or((spec, ""));
+            if key.is_empty() {
+                return Err(crate::usage(
+                    format!("invalid --label `{spec}`"),
+                    "write it as KEY=VALUE",
+                ));
+            }
+            Ok((key.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// `--add-host HOST:IP` (or `HOST=IP`, as docker; an IPv6 address may be
+/// in brackets): `(host, ip)`. `host-gateway` is refused: RUN steps share
+/// the host's network, where the host is 127.0.0.1.
+fn parse_add_hosts(raw: &[String]) -> Result<Vec<(String, String)>, Failure> {
+    let invalid = |spec: &str, why: &str| {
+        crate::usage(
+            format!("invalid --add-host `{spec}`: {why}"),
+            "write it as HOST:IP (or HOST=IP), e.g. --add-host db.local:10.0.0.5",
+        )
+    };
+    raw.iter()
+        .map(|spec| {
+            let Some((host, ip)) = spec.split_once('=').or_else(|| spec.split_once(':')) else {
+                return Err(invalid(spec, "no IP address"));
+            };
+            if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(spec, "the host name is empty or has blanks"));
+            }
+            if ip == "host-gateway" {
+                return Err(crate::usage(
+                    format!("--add-host {host}:host-gateway is not supported"),
+                    "RUN steps use the host's network: the host is 127.0.0.1",
+                ));
+            }
+            let bare = ip
+                .strip_prefix('[')
+                .and_then(|i| i.strip_suffix(']'))
+                .unwrap_or(ip);
+            let parsed: std::net::IpAddr = bare
+                .parse()
+                .map_err(|_| invalid(spec, &format!("`{ip}` is not an IP address")))?;
+            Ok((host.to_string(), parsed.to_string()))
+        })
+        .collect()
+}
+
+/// `--metadata-file`: buildx's keys for the image built. One target: its
+/// object, as `docker buildx build` writes it; several (a forge.toml
+/// group): an object per target, keyed by its name, as `docker buildx
+/// bake` writes them.
+fn write_metadata(
+    path: &std::path::Path,
+    built: &[forge_executor::build::BuiltImage],
+) -> Result<(), Failure> {
+    let one = |image: &forge_executor::build::BuiltImage| -> Result<Value, Failure> {
+        let mut names = Vec::new();
+        for tag in &image.tags {
+            names.push(Reference::parse(tag)?.tagged_name());
+        }
+        let manifest = image.committed.manifest.to_string();
+        let mut object = serde_json::Map::new();
+        object.insert(
+            "containerimage.config.digest".into(),
+            Value::from(image.committed.id.to_string()),
+        );
+        object.insert(
+            "containerimage.descriptor".into(),
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest,
+                "size": image.committed.manifest_size,
+            }),
+        );
+        object.insert("containerimage.digest".into(), Value::from(manifest));
+        if !names.is_empty() {
+            object.insert("image.name".into(), Value::from(names.join(",")));
+        }
+        Ok(Value::Object(object))
+    };
+    let value = match built {
+        [image] => one(image)?,
+        images => {
+            let mut by_target = serde_json::Map::new();
+            for image in images {
+                by_target.insert(image.target.clone(), one(image)?);
+            }
+            Value::Object(by_target)
+        }
+    };
+    let text = serde_json::to_string_pretty(&value).map_err(|e| Failure {
+        report: miette::miette!("cannot print JSON: {e}"),
+        code: 101,
+    })?;
+    std::fs::write(path, text).map_err(|e| Failure {
+        report: miette::miette!("cannot write --metadata-file {}: {e}", path.display()),
+        code: 2,
+    })
 }
 
 pub fn build(args: &BuildArgs) -> Result<(), Failure> {
@@ -582,10 +1001,16 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         build_id,
         named_contexts,
         jobs: args.jobs,
+        secrets: parse_secrets(&args.secrets)?,
+        ssh: args.ssh.clone(),
+        labels: parse_labels(&args.extra.labels)?,
+        extra_hosts: parse_add_hosts(&args.extra.add_hosts)?,
     };
+    let terminal =
+        std::io::stderr().is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
     let mode = match (args.quiet, args.progress) {
         (true, _) => ProgressMode::Quiet,
-        (false, ProgressMode::Auto) if std::io::stderr().is_terminal() => ProgressMode::Tty,
+        (false, ProgressMode::Auto) if terminal => ProgressMode::Tty,
         (false, ProgressMode::Auto) => ProgressMode::Plain,
         (false, mode) => mode,
     };
@@ -593,7 +1018,10 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
     let built = {
         let reporter: Box<dyn Reporter> = match mode {
             ProgressMode::Plain | ProgressMode::Auto => Box::new(PlainReporter),
-            ProgressMode::Tty => Box::new(TtyReporter::new()),
+            ProgressMode::Tty => Box::new(TtyReporter::new(
+                tty_draw_target(std::io::stderr().is_terminal()),
+                colors_enabled(),
+            )),
             ProgressMode::Quiet => Box::new(QuietReporter),
         };
         forge_executor::build::build(&graph, &store, &opts, reporter.as_ref())?
@@ -622,6 +1050,9 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         } else if mode != ProgressMode::Quiet {
             eprintln!("writing image {} done", image.committed.id);
         }
+    }
+    if let Some(path) = &args.extra.metadata_file {
+        write_metadata(path, &built)?;
     }
     if let Some(path) = &args.iidfile {
         if let Some(image) = built.last() {

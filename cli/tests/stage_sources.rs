@@ -12,32 +12,13 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Output;
 
-use common::{forge, ok, Fixture, TempDir};
+use common::{archive_files, clean_name, decompress_layer, ok, Fixture, TempDir};
 use serde_json::Value;
 
 impl Fixture {
-    /// `forge build` of `dockerfile` in the fixture's context, tagged `tag`.
-    fn build(&self, dockerfile: &str, tag: &str, extra: &[&str]) -> Output {
-        self.file("Dockerfile", dockerfile.as_bytes());
-        let mut args = vec!["-t", tag];
-        args.extend_from_slice(extra);
-        self.forge_build(&args)
-    }
-
     /// The layers of image `tag`, bottom first, read from `forge save`.
     fn layers(&self, tag: &str) -> Vec<Layer> {
-        let saved = self.home.path().join("saved.tar");
-        ok(&forge(
-            self.home.path(),
-            &[
-                "save",
-                "--format",
-                "docker",
-                "-o",
-                saved.to_str().expect("utf-8"),
-                tag,
-            ],
-        ));
+        let saved = self.save_docker(tag);
         read_layers(&saved)
     }
 }
@@ -69,76 +50,14 @@ struct Entry {
 type Layer = BTreeMap<String, Entry>;
 
 fn read_layers(archive: &Path) -> Vec<Layer> {
-    let file = std::fs::File::open(archive).expect("saved archive");
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut links: BTreeMap<String, String> = BTreeMap::new();
-    let mut tar = tar::Archive::new(std::io::BufReader::new(file));
-    for entry in tar.entries().expect("archive") {
-        let mut entry = entry.expect("archive entry");
-        let name = clean(&String::from_utf8_lossy(&entry.path_bytes()));
-        let kind = entry.header().entry_type();
-        if kind.is_symlink() {
-            let target = entry
-                .link_name_bytes()
-                .map(|l| String::from_utf8_lossy(&l).into_owned())
-                .unwrap_or_default();
-            // Relative to the link's directory.
-            let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
-            let joined = if dir.is_empty() {
-                target
-            } else {
-                format!("{dir}/{target}")
-            };
-            links.insert(name, clean(&joined));
-        } else if kind.is_file() {
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).expect("archive content");
-            files.insert(name, bytes);
-        }
-    }
-    let get = |name: &str| -> Vec<u8> {
-        let name = links.get(name).map_or(name, String::as_str);
-        files
-            .get(name)
-            .unwrap_or_else(|| panic!("{name} is not in the archive"))
-            .clone()
-    };
-    let manifest: Value = serde_json::from_slice(&get("manifest.json")).expect("manifest.json");
-    let layers: Vec<String> = manifest[0]["Layers"]
+    let files = archive_files(&std::fs::read(archive).expect("saved archive"));
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).expect("manifest.json");
+    manifest[0]["Layers"]
         .as_array()
         .expect("Layers")
         .iter()
-        .map(|l| l.as_str().expect("layer name").to_string())
-        .collect();
-    layers
-        .iter()
-        .map(|name| layer_entries(&decompress(get(name))))
+        .map(|l| layer_entries(&decompress_layer(&files[l.as_str().expect("layer name")])))
         .collect()
-}
-
-fn clean(name: &str) -> String {
-    name.trim_start_matches("./")
-        .trim_start_matches('/')
-        .trim_end_matches('/')
-        .to_string()
-}
-
-fn decompress(bytes: Vec<u8>) -> Vec<u8> {
-    let mut out = Vec::new();
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::GzDecoder::new(&bytes[..])
-            .read_to_end(&mut out)
-            .expect("gzip layer");
-        out
-    } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        zstd::stream::read::Decoder::new(&bytes[..])
-            .expect("zstd")
-            .read_to_end(&mut out)
-            .expect("zstd layer");
-        out
-    } else {
-        bytes
-    }
 }
 
 fn layer_entries(bytes: &[u8]) -> Layer {
@@ -151,7 +70,7 @@ fn layer_entries(bytes: &[u8]) -> Layer {
         if matches!(t, tar::EntryType::XGlobalHeader) {
             continue;
         }
-        let name = clean(&String::from_utf8_lossy(&entry.path_bytes()));
+        let name = clean_name(&String::from_utf8_lossy(&entry.path_bytes()));
         if name.is_empty() || name == "." {
             continue;
         }
@@ -225,7 +144,7 @@ fn copy_parents_from_a_stage_keeps_the_source_directories() {
          COPY --from=build --parents /out/./a /r/\n\
          COPY --from=build --parents /out/*/y.txt /w\n"
     );
-    ok(&f.build(&dockerfile, "parents:1", &[]));
+    ok(&f.build_tagged(&dockerfile, "parents:1", &[]));
     let layers = f.layers("parents:1");
     assert_eq!(layers.len(), BASE_LAYERS + 4, "{layers:#?}");
     let [p, q, r, w] = &layers[BASE_LAYERS..] else {
@@ -254,7 +173,7 @@ fn copy_parents_from_a_stage_keeps_the_source_directories() {
     assert_eq!(files(w), ["w/out/x/y.txt"], "{w:#?}");
 
     // A path without wildcards must exist.
-    let out = f.build(
+    let out = f.build_tagged(
         &format!("{BUILD_STAGE}FROM base\nCOPY --from=build --parents /out/missing.txt /m/\n"),
         "parents:2",
         &[],
@@ -275,7 +194,7 @@ fn copy_exclude_from_a_stage_leaves_out_files_and_directories() {
          COPY --from=build --exclude=*.md /app/docs/keep.md /single/\n\
          COPY --from=build --parents --exclude=**/*.md /out/./a /pe/\n"
     );
-    let out = f.build(&dockerfile, "exclude:1", &[]);
+    let out = f.build_tagged(&dockerfile, "exclude:1", &[]);
     ok(&out);
     let layers = f.layers("exclude:1");
     assert_eq!(layers.len(), BASE_LAYERS + 5, "{layers:#?}");
@@ -328,12 +247,12 @@ fn copy_exclude_from_a_stage_leaves_out_files_and_directories() {
     assert_eq!(files(pe), ["pe/a/b/c.txt"], "{pe:#?}");
 
     // The same build again is all cached; another pattern is not.
-    let out = f.build(&dockerfile, "exclude:1", &[]);
+    let out = f.build_tagged(&dockerfile, "exclude:1", &[]);
     let log = stderr(&out);
     ok(&out);
     assert_eq!(log.matches("CACHED").count(), 6, "{log}");
     let changed = dockerfile.replace("--exclude=*.md /app/docs", "--exclude=*.rs /app/docs");
-    let out = f.build(&changed, "exclude:2", &[]);
+    let out = f.build_tagged(&changed, "exclude:2", &[]);
     let log = stderr(&out);
     ok(&out);
     assert_eq!(log.matches("CACHED").count(), 4, "{log}");
@@ -360,7 +279,7 @@ fn from_a_named_directory_context() {
     let named = format!("tree={}", tree.path().display());
     let extra = ["--build-context", named.as_str()];
 
-    let out = f.build(dockerfile, "fromdir:1", &extra);
+    let out = f.build_tagged(dockerfile, "fromdir:1", &extra);
     ok(&out);
     let layers = f.layers("fromdir:1");
     // One layer of the directory, one of the COPY: nothing of `base`.
@@ -381,23 +300,23 @@ fn from_a_named_directory_context() {
     assert_eq!(files(&layers[1]), ["marker.txt"]);
 
     // Without the context, `tree` is an image the store does not have.
-    let out = f.build(dockerfile, "fromdir:x", &[]);
+    let out = f.build_tagged(dockerfile, "fromdir:x", &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("tree"), "{}", stderr(&out));
 
     // Unchanged: everything cached, the same image.
-    let first = ok(&f.build(dockerfile, "fromdir:1", &[&extra[..], &["-q"]].concat()));
-    let out = f.build(dockerfile, "fromdir:1", &extra);
+    let first = ok(&f.build_tagged(dockerfile, "fromdir:1", &[&extra[..], &["-q"]].concat()));
+    let out = f.build_tagged(dockerfile, "fromdir:1", &extra);
     let log = stderr(&out);
     ok(&out);
     assert!(log.contains("#1 CACHED"), "{log}");
     assert!(log.contains("#2 CACHED"), "{log}");
-    let again = ok(&f.build(dockerfile, "fromdir:1", &[&extra[..], &["-q"]].concat()));
+    let again = ok(&f.build_tagged(dockerfile, "fromdir:1", &[&extra[..], &["-q"]].concat()));
     assert_eq!(first, again);
 
     // A file of the directory changes: the base and the step after it run.
     write(tree.path(), "etc/app.conf", b"v=2\n");
-    let out = f.build(dockerfile, "fromdir:2", &extra);
+    let out = f.build_tagged(dockerfile, "fromdir:2", &extra);
     let log = stderr(&out);
     ok(&out);
     assert!(!log.contains("CACHED"), "{log}");
@@ -408,7 +327,7 @@ fn from_a_named_directory_context() {
     );
 
     // COPY --from a directory context with --parents and --exclude.
-    let out = f.build(
+    let out = f.build_tagged(
         "FROM base\n\
          COPY --from=tree --parents --exclude=*.conf bin/tool etc /n/\n",
         "fromdir:3",
@@ -420,7 +339,7 @@ fn from_a_named_directory_context() {
     assert_eq!(files(last), ["n/bin/tool"], "{last:#?}");
 
     // Other kinds of contexts are refused clearly.
-    let out = f.build(
+    let out = f.build_tagged(
         dockerfile,
         "fromdir:4",
         &["--build-context", "tree=https://example.com/ctx.tar"],
@@ -436,7 +355,7 @@ fn from_a_named_directory_context() {
 #[test]
 fn from_a_docker_image_context() {
     let f = Fixture::new("from-image");
-    ok(&f.build(
+    ok(&f.build_tagged(
         "FROM base\nRUN echo other > /other\n",
         "other:1",
         &["--network", "none"],
@@ -446,9 +365,9 @@ fn from_a_docker_image_context() {
          COPY --from=tools /other /copied\n\
          RUN test \"$(cat /copied)\" = other\n";
     // `alpine` is not in the store: the context stands for it.
-    let out = f.build(dockerfile, "fromimage:x", &[]);
+    let out = f.build_tagged(dockerfile, "fromimage:x", &[]);
     assert!(!out.status.success());
-    let out = f.build(
+    let out = f.build_tagged(
         dockerfile,
         "fromimage:1",
         &[

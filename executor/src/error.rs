@@ -95,6 +95,30 @@ pub enum ExecutorError {
         what: String,
     },
 
+    /// A `RUN --mount=type=secret,required` whose secret was not given.
+    #[error("`{step}`: secret {id:?} not found")]
+    #[diagnostic(
+        code(forge::executor::missing_secret),
+        help("pass it with `--secret id={id},src=FILE` or `--secret id={id},env=VARIABLE`")
+    )]
+    MissingSecret {
+        /// The step as written.
+        step: String,
+        /// The secret's id.
+        id: String,
+    },
+
+    /// A `RUN --mount` that cannot be set up (a bad secret, an unknown
+    /// source).
+    #[error("`{step}`: {message}")]
+    #[diagnostic(code(forge::executor::bad_mount))]
+    BadMount {
+        /// The step as written.
+        step: String,
+        /// What is wrong.
+        message: String,
+    },
+
     /// A stage stopped because another one failed (never the error a build
     /// returns: the other stage's is).
     #[error("stopped: another stage of the build failed")]

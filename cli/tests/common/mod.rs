@@ -182,6 +182,26 @@ impl Fixture {
         std::fs::write(path, bytes).expect("write context file");
     }
 
+    /// `forge build --progress plain -t TAG EXTRA… CONTEXT` of `dockerfile`
+    /// (written to the context).
+    pub fn build_tagged(&self, dockerfile: &str, tag: &str, extra: &[&str]) -> Output {
+        self.file("Dockerfile", dockerfile.as_bytes());
+        let mut args = vec!["-t", tag];
+        args.extend_from_slice(extra);
+        self.forge_build(&args)
+    }
+
+    /// `forge save --format docker` of `tag`; the archive's path (in the
+    /// store's directory, replaced by the next save).
+    pub fn save_docker(&self, tag: &str) -> PathBuf {
+        let saved = self.home.path().join("saved.tar");
+        ok(&forge(
+            self.home.path(),
+            &["save", "--format", "docker", "-o", utf8(&saved), tag],
+        ));
+        saved
+    }
+
     /// `forge build --progress plain ARGS CONTEXT`.
     pub fn forge_build(&self, args: &[&str]) -> Output {
         let ctx = self.context.path().to_str().expect("utf-8 path");
@@ -189,5 +209,71 @@ impl Fixture {
         all.extend_from_slice(args);
         all.push(ctx);
         forge(self.home.path(), &all)
+    }
+}
+
+/// A tar entry's name without a leading `./` or `/` or a trailing `/`.
+pub fn clean_name(name: &str) -> String {
+    name.trim_start_matches("./")
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// The regular files of a tar archive (a `docker save` archive) by clean
+/// name, symlinks resolved (docker archives may link layers).
+pub fn archive_files(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use std::io::Read;
+    let mut files = std::collections::BTreeMap::new();
+    let mut links = Vec::new();
+    let mut tar = tar::Archive::new(bytes);
+    for entry in tar.entries().expect("archive") {
+        let mut entry = entry.expect("archive entry");
+        let name = clean_name(&String::from_utf8_lossy(&entry.path_bytes()));
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() {
+            let target = entry
+                .link_name_bytes()
+                .map(|l| String::from_utf8_lossy(&l).into_owned())
+                .unwrap_or_default();
+            // Relative to the link's directory.
+            let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
+            let joined = if dir.is_empty() {
+                target
+            } else {
+                format!("{dir}/{target}")
+            };
+            links.push((name, clean_name(&joined)));
+        } else if kind.is_file() {
+            let mut content = Vec::new();
+            entry.read_to_end(&mut content).expect("archive content");
+            files.insert(name, content);
+        }
+    }
+    for (name, target) in links {
+        if let Some(content) = files.get(&target).cloned() {
+            files.insert(name, content);
+        }
+    }
+    files
+}
+
+/// A layer blob's tar bytes: gunzipped or un-zstd'ed when it is compressed.
+pub fn decompress_layer(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .expect("gzip layer");
+        out
+    } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        zstd::stream::read::Decoder::new(bytes)
+            .expect("zstd")
+            .read_to_end(&mut out)
+            .expect("zstd layer");
+        out
+    } else {
+        bytes.to_vec()
     }
 }

@@ -102,6 +102,20 @@ pub struct BuildOptions {
     pub named_contexts: std::collections::BTreeMap<String, NamedContext>,
     /// How many steps may run (sandbox or copy) at once; 0: one per core.
     pub jobs: usize,
+    /// `--secret`s by id: what `RUN --mount=type=secret` reads. Never in
+    /// a key, the config or the history.
+    pub secrets: std::collections::BTreeMap<String, crate::sandbox::mounts::SecretSource>,
+    /// `--ssh` specs as given (`RUN --mount=type=ssh` is not supported yet).
+    pub ssh: Vec<String>,
+    /// `--label K=V`: set on the targets' final images (over the build
+    /// file's `LABEL`s), when their last step is committed again: no step's
+    /// key depends on them, so changing one reuses every cached step and
+    /// makes only that last commit again (BuildKit's rule). No history
+    /// entry.
+    pub labels: Vec<(String, String)>,
+    /// `--add-host HOST:IP`: `(host, ip)` lines added to the `/etc/hosts`
+    /// every RUN sees (bind-mounted, never in a layer; not in step keys).
+    pub extra_hosts: Vec<(String, String)>,
 }
 
 /// A `--build-context`.
@@ -265,6 +279,27 @@ pub fn build(
             let (sources, excludes, heredocs) = match &step.op {
                 Op::Copy(c) => (&c.sources, &c.exclude, &c.heredocs),
                 Op::Add(a) => (&a.sources, &a.exclude, &a.heredocs),
+                Op::Run(run) => {
+                    // `RUN --mount=type=bind` of the context: what it mounts
+                    // is the step's input, as a COPY's sources are.
+                    let paths: Vec<String> = run
+                        .mounts
+                        .iter()
+                        .filter(|m| {
+                            m.kind == forge_ir::MountKind::Bind
+                                && matches!(m.from, None | Some(SourceRef::Context))
+                        })
+                        .map(|m| {
+                            let source = m.source.as_deref().unwrap_or(".");
+                            let source = source.trim_start_matches('/');
+                            if source.is_empty() { "." } else { source }.to_string()
+                        })
+                        .collect();
+                    if let Ok(selection) = index.select(&paths, &[]) {
+                        selections.insert(node, selection);
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             let paths: Vec<String> = sources
@@ -391,13 +426,20 @@ pub fn build(
     }
     let mut built = Vec::new();
     for target in graph.targets() {
-        let Some(Some((_, committed))) = driver.results.get(target.stage.0).map(StageResult::get)
+        let Some(Some((mut state, mut committed))) =
+            driver.results.get(target.stage.0).map(StageResult::get)
         else {
             return Err(ExecutorError::InvalidImage(format!(
                 "target {} was not built",
                 target.name
             )));
         };
+        if !opts.labels.is_empty() {
+            // `--label`: on the target's image only (a stage built on this
+            // one, or copied from, sees the stage's own result).
+            state.apply_config(&Op::Label(opts.labels.clone()), &[], &mut false);
+            committed = state.commit(store, opts.layer.source_date_epoch)?;
+        }
         built.push(BuiltImage {
             target: target.name.clone(),
             tags: target.tags.clone(),
@@ -877,17 +919,14 @@ impl Driver<'_> {
         let created_by = created_by(step, run_args);
         match &step.op {
             Op::Run(run) => {
-                if !run.mounts.is_empty() || run.insecure {
-                    let what = if !run.mounts.is_empty() {
-                        "RUN --mount"
-                    } else {
-                        "RUN --security=insecure"
-                    };
+                if run.insecure {
                     return Err(ExecutorError::Unsupported {
                         step: label(),
-                        what: what.to_string(),
+                        what: "RUN --security=insecure".to_string(),
                     });
                 }
+                let mut secret_env = Vec::new();
+                let mounts = self.run_mounts(step, run, &mut secret_env)?;
                 let argv = if run.heredocs.is_empty() {
                     command_argv(&run.command, &step.ctx.shell)
                 } else {
@@ -912,6 +951,11 @@ impl Driver<'_> {
                         env.push(format!("{name}={value}"));
                     }
                 }
+                // `--mount=type=secret,env=NAME`: only this RUN sees it.
+                for (name, value) in secret_env {
+                    env.retain(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k) != name);
+                    env.push(format!("{name}={value}"));
+                }
                 let sandbox_step = SandboxStep {
                     argv: argv.clone(),
                     env,
@@ -919,6 +963,7 @@ impl Driver<'_> {
                     cwd: step.ctx.workdir.clone(),
                     workdir_owned_by_user: false,
                     network,
+                    mounts,
                 };
                 self.sandbox(stage, step, vertex, state, &sandbox_step, &argv)?;
                 state.push_history(&created_by, false, &created);
@@ -932,6 +977,7 @@ impl Driver<'_> {
                     cwd: dir.clone(),
                     workdir_owned_by_user: true,
                     network: Network::None,
+                    mounts: Vec::new(),
                 };
                 self.sandbox(stage, step, vertex, state, &sandbox_step, &[])?;
                 state.push_history(&created_by, false, &created);
@@ -951,6 +997,129 @@ impl Driver<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A RUN's `--mount`s with their sources resolved (BuildKit's
+    /// semantics, see the book's "RUN mounts and secrets"); the
+    /// `(name, value)` environment of its `env=` secrets goes to `env`. A secret that was
+    /// not given is skipped, or [`ExecutorError::MissingSecret`] when
+    /// `required`; `type=ssh` and a cache seeded `from=` a stage are
+    /// [`ExecutorError::Unsupported`].
+    fn run_mounts(
+        &self,
+        step: &Step,
+        run: &forge_ir::RunOp,
+        env: &mut Vec<(String, String)>,
+    ) -> Result<Vec<run::RunMount>, ExecutorError> {
+        use forge_ir::MountKind;
+        use run::{BindFrom, RunMount, RunMountKind};
+        let label = || one_line(&step.origin.text);
+        let unsupported = |what: &str| ExecutorError::Unsupported {
+            step: label(),
+            what: what.to_string(),
+        };
+        let bad = |message: String| ExecutorError::BadMount {
+            step: label(),
+            message,
+        };
+        let mut mounts = Vec::new();
+        for m in &run.mounts {
+            let target = if m.target.starts_with('/') {
+                m.target.clone()
+            } else {
+                // Relative targets are relative to the working directory.
+                format!("{}/{}", step.ctx.workdir.trim_end_matches('/'), m.target)
+            };
+            if target.split('/').all(|c| c.is_empty() || c == ".") {
+                return Err(bad(format!("cannot mount on {:?}", m.target)));
+            }
+            let kind = match m.kind {
+                MountKind::Tmpfs => RunMountKind::Tmpfs { size: m.size },
+                MountKind::Ssh => return Err(unsupported("RUN --mount=type=ssh")),
+                MountKind::Cache => {
+                    if m.from.is_some() {
+                        return Err(unsupported("RUN --mount=type=cache,from=..."));
+                    }
+                    RunMountKind::Cache {
+                        id: m.id.clone().unwrap_or_else(|| m.target.clone()),
+                        sharing: m.sharing,
+                        mode: m.mode.unwrap_or(0o755),
+                        uid: m.uid.unwrap_or(0),
+                        gid: m.gid.unwrap_or(0),
+                        readonly: m.readonly,
+                    }
+                }
+                MountKind::Secret => {
+                    let id = m.id.clone().unwrap_or_default();
+                    let value = match self.opts.secrets.get(&id) {
+                        Some(source) => source
+                            .read()
+                            .map_err(|e| bad(format!("secret {id:?}: {e}")))?,
+                        None => None,
+                    };
+                    let Some(value) = value else {
+                        if m.required {
+                            return Err(ExecutorError::MissingSecret { step: label(), id });
+                        }
+                        continue;
+                    };
+                    if let Some(name) = &m.env {
+                        let text = String::from_utf8(value.clone()).map_err(|_| {
+                            bad(format!(
+                                "secret {id:?} is not UTF-8: it cannot be env={name}"
+                            ))
+                        })?;
+                        env.push((name.clone(), text));
+                        // With `env=` the file is made only for an explicit
+                        // target (the IR's default one means none was given).
+                        if m.target == format!("/run/secrets/{id}") {
+                            continue;
+                        }
+                    }
+                    RunMountKind::Secret {
+                        data: crate::sandbox::mounts::SecretData(value),
+                        mode: m.mode.unwrap_or(0o400),
+                        uid: m.uid.unwrap_or(0),
+                        gid: m.gid.unwrap_or(0),
+                    }
+                }
+                MountKind::Bind => {
+                    let from = match &m.from {
+                        None | Some(SourceRef::Context) => {
+                            let dir = self.opts.context.as_ref().ok_or_else(|| {
+                                bad("there is no build context to mount".to_string())
+                            })?;
+                            BindFrom::Dir(std::path::absolute(dir).map_err(|e| {
+                                bad(format!("cannot resolve the context {}: {e}", dir.display()))
+                            })?)
+                        }
+                        Some(SourceRef::Stage(id)) => {
+                            BindFrom::Image(Box::new(self.stage_state(*id)?))
+                        }
+                        Some(SourceRef::Image(name)) => {
+                            match named_context(&self.opts.named_contexts, name) {
+                                Some(NamedContext::Dir { dir, .. }) => BindFrom::Dir(dir.clone()),
+                                _ => match self.image_sources.get(name) {
+                                    Some(state) => BindFrom::Image(Box::new(state.clone())),
+                                    None => {
+                                        return Err(ExecutorError::InvalidImage(format!(
+                                            "RUN --mount from={name}: the image was not loaded"
+                                        )))
+                                    }
+                                },
+                            }
+                        }
+                    };
+                    RunMountKind::Bind {
+                        from,
+                        source: m.source.clone().unwrap_or_else(|| "/".to_string()),
+                        readonly: m.readonly,
+                    }
+                }
+            };
+            mounts.push(RunMount { target, kind });
+        }
+        Ok(mounts)
     }
 
     /// The [`FileStep`] of a COPY or ADD: sources classified (paths, URLs,
@@ -1166,6 +1335,7 @@ impl Driver<'_> {
             exe: &self.opts.exe,
             layer: &self.opts.layer,
             hostname: &self.opts.hostname,
+            extra_hosts: &self.opts.extra_hosts,
         }
     }
 

@@ -23,7 +23,8 @@ use super::copy;
 use super::direct;
 use super::files::{self, FileStep};
 use super::state::{ImageState, Layer};
-use crate::sandbox::fileop::FileAction;
+use crate::sandbox::fileop::{resolve_in_root, FileAction};
+use crate::sandbox::mounts::{MountSource, MountSpec, SecretData};
 use crate::sandbox::{self, EtcFiles, Network, Rootfs, RunSpec};
 use crate::ExecutorError;
 
@@ -84,6 +85,73 @@ pub struct SandboxStep {
     pub workdir_owned_by_user: bool,
     /// The network.
     pub network: Network,
+    /// `RUN --mount`s, their sources resolved (none for WORKDIR).
+    pub mounts: Vec<RunMount>,
+}
+
+/// A `RUN --mount`, its source resolved by the build driver; the runner
+/// prepares it for the sandbox ([`MountSpec`]).
+#[derive(Debug, Clone)]
+pub struct RunMount {
+    /// Where, in the container (absolute).
+    pub target: String,
+    /// What.
+    pub kind: RunMountKind,
+}
+
+/// What a [`RunMount`] mounts.
+#[derive(Debug, Clone)]
+pub enum RunMountKind {
+    /// An empty tmpfs.
+    Tmpfs {
+        /// `size=` in bytes.
+        size: Option<u64>,
+    },
+    /// A persistent cache directory of the store, `forge/v1/cachemounts/<blake3
+    /// of id>` (another instance, `…-N`, for a `private` one in use).
+    Cache {
+        /// `id=` (the target by default).
+        id: String,
+        /// `sharing=`.
+        sharing: forge_ir::CacheSharing,
+        /// The directory's mode when it is created.
+        mode: u32,
+        /// Its owner when it is created.
+        uid: u32,
+        /// Its group when it is created.
+        gid: u32,
+        /// `ro`.
+        readonly: bool,
+    },
+    /// A secret file, on a tmpfs, read-only.
+    Secret {
+        /// The secret.
+        data: SecretData,
+        /// Permission bits.
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
+    /// A directory or file of the context or of an image.
+    Bind {
+        /// Where it comes from.
+        from: BindFrom,
+        /// The path in it (`/`: all of it).
+        source: String,
+        /// Read-only (the default); writable mounts' changes are thrown away.
+        readonly: bool,
+    },
+}
+
+/// Where a bind mount's files are.
+#[derive(Debug, Clone)]
+pub enum BindFrom {
+    /// A host directory (the build context, a `--build-context` directory).
+    Dir(PathBuf),
+    /// An image (another stage's result, an image of the store).
+    Image(Box<ImageState>),
 }
 
 /// A step's work in the sandbox: a command, or a file action.
@@ -106,6 +174,7 @@ impl<'j> Job<'j> {
                 cwd: "/".to_string(),
                 workdir_owned_by_user: false,
                 network: Network::None,
+                mounts: Vec::new(),
             }),
         }
     }
@@ -148,6 +217,8 @@ pub struct Runner<'a> {
     pub layer: &'a LayerOptions,
     /// Host name inside the sandbox.
     pub hostname: &'a str,
+    /// `--add-host`: `(host, ip)` pairs added to `/etc/hosts`.
+    pub extra_hosts: &'a [(String, String)],
 }
 
 /// Removes a run directory when dropped (whatever happened).
@@ -295,11 +366,216 @@ impl Runner<'_> {
         output: &(dyn Fn(&str) + Sync),
     ) -> Result<Ran, ExecutorError> {
         match job {
-            Job::Exec(_) => self.sandbox(spec, None, output),
+            Job::Exec(step) => {
+                // The cache locks are held until the sandbox is gone.
+                let (mounts, _locks) = self.prepare_mounts(&step.mounts, run_dir, copy_mode)?;
+                self.sandbox(spec, None, &mounts, output)
+            }
             Job::File(file) => {
                 let action = files::prepare(self, file, run_dir, copy_mode)?;
-                self.sandbox(spec, Some(&action), output)
+                self.sandbox(spec, Some(&action), &[], output)
             }
+        }
+    }
+
+    /// The sandbox's [`MountSpec`]s of `mounts`, their sources prepared in
+    /// `run_dir/mounts/<n>` (secret and image stages, writable layers; in
+    /// `copy_mode` images applied to a directory, as COPY --from does), with
+    /// the cache locks to hold while the sandbox runs.
+    fn prepare_mounts(
+        &self,
+        mounts: &[RunMount],
+        run_dir: &Path,
+        copy_mode: bool,
+    ) -> Result<(Vec<MountSpec>, Vec<fs::File>), ExecutorError> {
+        let mut specs = Vec::new();
+        let mut locks = Vec::new();
+        for (n, m) in mounts.iter().enumerate() {
+            let dir = run_dir.join("mounts").join(n.to_string());
+            let mkdir = |p: &Path| fs::create_dir_all(p).map_err(io("creating", p));
+            let source = match &m.kind {
+                RunMountKind::Tmpfs { size } => MountSource::Tmpfs { size: *size },
+                RunMountKind::Cache {
+                    id,
+                    sharing,
+                    mode,
+                    uid,
+                    gid,
+                    readonly,
+                } => {
+                    let (path, lock) = self.cache_dir(id, *sharing, *mode, *uid, *gid)?;
+                    locks.extend(lock);
+                    MountSource::Bind {
+                        path,
+                        readonly: *readonly,
+                    }
+                }
+                RunMountKind::Secret {
+                    data,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    mkdir(&dir)?;
+                    MountSource::Secret {
+                        data: data.clone(),
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                        stage: dir,
+                    }
+                }
+                RunMountKind::Bind {
+                    from,
+                    source,
+                    readonly,
+                } => self.bind_source(from, source, *readonly, &dir, copy_mode)?,
+            };
+            specs.push(MountSpec {
+                target: m.target.clone(),
+                source,
+            });
+        }
+        Ok((specs, locks))
+    }
+
+    /// A bind mount's source, prepared in `dir`.
+    fn bind_source(
+        &self,
+        from: &BindFrom,
+        source: &str,
+        readonly: bool,
+        dir: &Path,
+        copy_mode: bool,
+    ) -> Result<MountSource, ExecutorError> {
+        let mkdir = |p: &Path| fs::create_dir_all(p).map_err(io("creating", p));
+        let missing =
+            || ExecutorError::FileAction(format!("RUN --mount: source {source:?} not found"));
+        match from {
+            BindFrom::Dir(root) => {
+                let path = resolve_in_root(root, source).map_err(ExecutorError::FileAction)?;
+                if path.symlink_metadata().is_err() {
+                    return Err(missing());
+                }
+                if readonly {
+                    return Ok(MountSource::Bind { path, readonly });
+                }
+                // Writable: the changes go to a throw-away copy (an
+                // overlay's upper dir, or a copy in copy mode).
+                if copy_mode || !path.is_dir() {
+                    let copy = dir.join("copy");
+                    mkdir(dir)?;
+                    copy_tree(&path, &copy)?;
+                    return Ok(MountSource::Bind {
+                        path: copy,
+                        readonly: false,
+                    });
+                }
+                let (stage, upper, work) = (dir.join("stage"), dir.join("upper"), dir.join("work"));
+                for d in [&stage, &upper, &work] {
+                    mkdir(d)?;
+                }
+                Ok(MountSource::Layers {
+                    lower_dirs: vec![path],
+                    upper: Some((upper, work)),
+                    stage,
+                    subpath: "/".to_string(),
+                    readonly: false,
+                })
+            }
+            BindFrom::Image(state) => {
+                let stage = dir.join("stage");
+                mkdir(&stage)?;
+                if copy_mode {
+                    for layer in &state.layers {
+                        self.apply(layer, &stage)?;
+                    }
+                    let path =
+                        resolve_in_root(&stage, source).map_err(ExecutorError::FileAction)?;
+                    if path.symlink_metadata().is_err() {
+                        return Err(missing());
+                    }
+                    return Ok(MountSource::Bind { path, readonly });
+                }
+                let mut lower_dirs = self.lower_dirs(state)?;
+                if lower_dirs.is_empty() {
+                    let empty = dir.join("empty");
+                    mkdir(&empty)?;
+                    lower_dirs.push(empty);
+                }
+                let upper = if readonly {
+                    None
+                } else {
+                    let (upper, work) = (dir.join("upper"), dir.join("work"));
+                    mkdir(&upper)?;
+                    mkdir(&work)?;
+                    Some((upper, work))
+                };
+                Ok(MountSource::Layers {
+                    lower_dirs,
+                    upper,
+                    stage,
+                    subpath: source.to_string(),
+                    readonly,
+                })
+            }
+        }
+    }
+
+    /// The cache directory of `id` (made with `mode`, `uid`, `gid` when it
+    /// is new), and the lock its `sharing` takes: `shared` a shared lock
+    /// when free (it never waits), `locked` an exclusive one (waiting for
+    /// other users), `private` an exclusive one on the first instance
+    /// (`<hash>`, `<hash>-1`, ...) no one else uses.
+    fn cache_dir(
+        &self,
+        id: &str,
+        sharing: forge_ir::CacheSharing,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(PathBuf, Option<fs::File>), ExecutorError> {
+        use forge_ir::CacheSharing;
+        let tmp = self.store.tmp_dir();
+        let base = tmp
+            .parent()
+            .map_or_else(|| tmp.clone(), Path::to_path_buf)
+            .join("cachemounts");
+        fs::create_dir_all(&base).map_err(io("creating", &base))?;
+        let hash = blake3::hash(id.as_bytes()).to_hex();
+        let mut n = 0usize;
+        loop {
+            let name = if n == 0 {
+                hash.to_string()
+            } else {
+                format!("{hash}-{n}")
+            };
+            let lock_path = base.join(format!("{name}.lock"));
+            let lock = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(io("opening", &lock_path))?;
+            let lock = match sharing {
+                CacheSharing::Shared => lock.try_lock_shared().is_ok().then_some(lock),
+                CacheSharing::Locked => {
+                    lock.lock().map_err(io("locking", &lock_path))?;
+                    Some(lock)
+                }
+                CacheSharing::Private => {
+                    if lock.try_lock().is_err() {
+                        n += 1;
+                        continue;
+                    }
+                    Some(lock)
+                }
+            };
+            let dir = base.join(&name);
+            if dir.symlink_metadata().is_err() {
+                make_cache_dir(&base, &dir, mode, uid, gid)?;
+            }
+            return Ok((dir, lock));
         }
     }
 
@@ -318,14 +594,15 @@ impl Runner<'_> {
             resolv_conf: etc.join("resolv.conf"),
             hostname: etc.join("hostname"),
         };
-        fs::write(
-            &etc_files.hosts,
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
-                self.hostname
-            ),
-        )
-        .map_err(io("writing", &etc_files.hosts))?;
+        let mut hosts = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+            self.hostname
+        );
+        // `--add-host`, as BuildKit writes its extra hosts: `IP\tHOST`.
+        for (host, ip) in self.extra_hosts {
+            hosts.push_str(&format!("{ip}\t{host}\n"));
+        }
+        fs::write(&etc_files.hosts, hosts).map_err(io("writing", &etc_files.hosts))?;
         let resolv = fs::read("/etc/resolv.conf").unwrap_or_default();
         fs::write(&etc_files.resolv_conf, resolv).map_err(io("writing", &etc_files.resolv_conf))?;
         fs::write(&etc_files.hostname, format!("{}\n", self.hostname))
@@ -359,6 +636,7 @@ impl Runner<'_> {
         &self,
         spec: &RunSpec,
         action: Option<&FileAction>,
+        mounts: &[MountSpec],
         output: &(dyn Fn(&str) + Sync),
     ) -> Result<Ran, ExecutorError> {
         let (reader, writer) = std::io::pipe().map_err(|source| ExecutorError::Process {
@@ -395,7 +673,13 @@ impl Runner<'_> {
                     Vec::from(tail)
                 });
                 let status = match action {
-                    None => sandbox::run(self.exe, spec, Stdio::from(writer), Stdio::from(writer2)),
+                    None => sandbox::run_with_mounts(
+                        self.exe,
+                        spec,
+                        mounts,
+                        Stdio::from(writer),
+                        Stdio::from(writer2),
+                    ),
                     Some(action) => sandbox::run_action(
                         self.exe,
                         spec,
@@ -555,6 +839,26 @@ impl Runner<'_> {
                 changes.retain(|c| *c != Change::Upsert(etc.to_path_buf()));
             }
         }
+        // Likewise the directories that only held a `RUN --mount` stub
+        // (removed by the sandbox, as overlay mode drops their copy-up):
+        // deepest first, kept when anything below them changed.
+        let stubs =
+            sandbox::mounts::target_stub_paths(step.mounts.iter().map(|m| m.target.as_str()));
+        for rel in stubs {
+            let rel = Path::new(&rel);
+            let only_times = match (before.get(rel), after.get(rel)) {
+                (Some(was), Some(now)) => was.same_but_times(now),
+                _ => false,
+            };
+            let below = changes.iter().any(|c| match c {
+                Change::Upsert(p) | Change::Opaque(p) | Change::Delete(p) => {
+                    p != rel && p.starts_with(rel)
+                }
+            });
+            if only_times && !below {
+                changes.retain(|c| *c != Change::Upsert(rel.to_path_buf()));
+            }
+        }
         let (new, _) = self.store_layer(started, |out| {
             write_changes_layer(&root, &changes, self.layer, out).map_err(layer_err)
         })?;
@@ -585,4 +889,74 @@ impl Runner<'_> {
             })),
         }
     }
+}
+
+/// Makes a new cache mount directory `dir` in `base`: created under a
+/// temporary name with `mode`, `uid` and `gid`, then renamed into place (a
+/// racing creator's directory wins).
+fn make_cache_dir(
+    base: &Path,
+    dir: &Path,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> Result<(), ExecutorError> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = base.join(Store::temp_name("cache"));
+    fs::create_dir(&tmp).map_err(io("creating", &tmp))?;
+    let made = (|| {
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io("chmod", &tmp))?;
+        // Rootless, only forge's own ids exist (as 0:0 in the sandbox).
+        if sandbox::Privilege::current() == sandbox::Privilege::Root {
+            nix::unistd::chown(
+                &tmp,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(|source| ExecutorError::Sys {
+                what: format!("chown {}", tmp.display()),
+                source,
+            })?;
+        }
+        match fs::rename(&tmp, dir) {
+            Ok(()) => Ok(()),
+            Err(_) if dir.is_dir() => Ok(()),
+            Err(e) => Err(io("renaming", dir)(e)),
+        }
+    })();
+    let _ = fs::remove_dir(&tmp);
+    made
+}
+
+/// Copies `from` (a file, symlink or directory tree) to `to`, keeping
+/// modes and symlinks (owners where permitted), for a writable bind mount
+/// whose changes are thrown away.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), ExecutorError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = from.symlink_metadata().map_err(io("reading", from))?;
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(from).map_err(io("reading", from))?;
+        std::os::unix::fs::symlink(target, to).map_err(io("creating", to))?;
+        return Ok(());
+    }
+    if meta.is_dir() {
+        fs::create_dir(to).map_err(io("creating", to))?;
+        for entry in fs::read_dir(from).map_err(io("reading", from))? {
+            let entry = entry.map_err(io("reading", from))?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+    } else if meta.is_file() {
+        fs::copy(from, to).map_err(io("copying", from))?;
+    } else {
+        // Devices, FIFOs, sockets: not copied.
+        return Ok(());
+    }
+    fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(io("chmod", to))?;
+    let _ = nix::unistd::chown(
+        to,
+        Some(nix::unistd::Uid::from_raw(meta.uid())),
+        Some(nix::unistd::Gid::from_raw(meta.gid())),
+    );
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! overlayfs rootfs. See the crate docs for the design.
 
 pub mod fileop;
+pub mod mounts;
 mod rootfs;
 mod syscall;
 mod unsafe_ops;
@@ -27,8 +28,8 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
 pub use rootfs::{
-    overlay_options, readonly_overlay_options, setup_action_mounts, setup_rootfs, OverlayMount,
-    DEVICES, MASKED_PATHS, MAX_MOUNT_DATA, READONLY_PATHS,
+    overlay_options, readonly_overlay_options, setup_action_mounts, setup_rootfs,
+    setup_rootfs_with_mounts, OverlayMount, DEVICES, MASKED_PATHS, MAX_MOUNT_DATA, READONLY_PATHS,
 };
 
 /// How a setup report from the sandbox starts when the overlay mount itself
@@ -205,7 +206,22 @@ pub fn run(
     stdout: Stdio,
     stderr: Stdio,
 ) -> Result<ExitStatus, ExecutorError> {
-    run_with(exe, spec, None, stdout, stderr)
+    run_with(exe, spec, None, &[], stdout, stderr)
+}
+
+/// Like [`run`], with `RUN --mount`s: the sandbox mounts them in the root
+/// after the `/etc` binds (see [`mounts`]), and afterwards the mount points
+/// it had to create for them (targets and parents that did not exist, and
+/// directories copied up only to hold one) are removed from the upper dir
+/// or the directory, so that they never reach the layer.
+pub fn run_with_mounts(
+    exe: &Path,
+    spec: &RunSpec,
+    mounts: &[mounts::MountSpec],
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<ExitStatus, ExecutorError> {
+    run_with(exe, spec, None, mounts, stdout, stderr)
 }
 
 /// Like [`run`], but the sandbox performs `action` (a COPY or ADD, see
@@ -222,18 +238,20 @@ pub fn run_action(
     stdout: Stdio,
     stderr: Stdio,
 ) -> Result<ExitStatus, ExecutorError> {
-    run_with(exe, spec, Some(action), stdout, stderr)
+    run_with(exe, spec, Some(action), &[], stdout, stderr)
 }
 
 fn run_with(
     exe: &Path,
     spec: &RunSpec,
     action: Option<&fileop::FileAction>,
+    mounts: &[mounts::MountSpec],
     stdout: Stdio,
     stderr: Stdio,
 ) -> Result<ExitStatus, ExecutorError> {
     let privilege = Privilege::current();
     let mut existing = Vec::new();
+    let mut missing_stubs = Vec::new();
     match &spec.rootfs {
         Rootfs::Overlay { work_dir, .. } => {
             overlay_options(spec, privilege)?;
@@ -247,6 +265,10 @@ fn run_with(
                 )));
             }
             existing = existing_mountpoints(dir);
+            missing_stubs = mounts::stub_paths(mounts)
+                .into_iter()
+                .filter(|rel| dir.join(rel).symlink_metadata().is_err())
+                .collect();
         }
     }
     let envelope = Envelope {
@@ -254,6 +276,7 @@ fn run_with(
         privilege,
         spec: spec.clone(),
         action: action.cloned(),
+        mounts: mounts.to_vec(),
     };
     let json = serde_json::to_vec(&envelope).map_err(ExecutorError::SpecCodec)?;
     let process_err = |what| move |source| ExecutorError::Process { what, source };
@@ -326,8 +349,20 @@ fn run_with(
     match &spec.rootfs {
         // A file action creates no mount point in the root.
         _ if action.is_some() => {}
-        Rootfs::Overlay { .. } => remove_etc_mountpoints(spec)?,
-        Rootfs::Directory { dir } => remove_dir_mountpoints(dir, &existing, &spec.argv)?,
+        Rootfs::Overlay { .. } => {
+            remove_etc_mountpoints(spec)?;
+            remove_overlay_mount_stubs(spec, mounts)?;
+        }
+        Rootfs::Directory { dir } => {
+            remove_dir_mountpoints(dir, &existing, &spec.argv)?;
+            // Deepest first: a parent is empty once its stubs are gone.
+            for rel in &missing_stubs {
+                let path = dir.join(rel);
+                if mounts::is_empty_stub(&path) {
+                    mounts::remove_stub(&path)?;
+                }
+            }
+        }
     }
     if let Some(e) = map_error {
         return Err(e);
@@ -356,6 +391,9 @@ struct Envelope {
     /// A file action to perform instead of the command.
     #[serde(default)]
     action: Option<fileop::FileAction>,
+    /// `RUN --mount`s.
+    #[serde(default)]
+    mounts: Vec<mounts::MountSpec>,
 }
 
 /// Rootless: maps uid and gid 0 of the sandbox's new user namespace to
@@ -513,25 +551,36 @@ fn make_owner_accessible(dir: &Path) {
     }
 }
 
+/// The lower dirs and the upper dir of an overlay root; `None` for a
+/// directory root.
+fn overlay_dirs(spec: &RunSpec) -> Option<(&[PathBuf], &Path)> {
+    match &spec.rootfs {
+        Rootfs::Overlay {
+            lower_dirs,
+            upper_dir,
+            ..
+        } => Some((lower_dirs, upper_dir)),
+        Rootfs::Directory { .. } => None,
+    }
+}
+
+/// Whether some lower dir has `rel`.
+fn in_lower_dirs(lower_dirs: &[PathBuf], rel: &str) -> bool {
+    lower_dirs
+        .iter()
+        .any(|l| l.join(rel).symlink_metadata().is_ok())
+}
+
 /// Removes `/etc/{hosts,resolv.conf,hostname}` from the upper dir when no lower
 /// dir has them and they are the empty files the sandbox created as bind targets
 /// (writes through the bind go to the parent's file, never to these); then the
 /// `etc`, `dev` and `proc` directories if they are empty leftovers (created as
 /// mount points, or copied up only to hold a mount point).
 fn remove_etc_mountpoints(spec: &RunSpec) -> Result<(), ExecutorError> {
-    let Rootfs::Overlay {
-        lower_dirs,
-        upper_dir,
-        ..
-    } = &spec.rootfs
-    else {
+    let Some((lower_dirs, upper_dir)) = overlay_dirs(spec) else {
         return Ok(());
     };
-    let in_lower = |rel: &str| {
-        lower_dirs
-            .iter()
-            .any(|l| l.join(rel).symlink_metadata().is_ok())
-    };
+    let in_lower = |rel: &str| in_lower_dirs(lower_dirs, rel);
     for (name, _) in spec.etc_files.iter() {
         let rel = format!("etc/{name}");
         let path = upper_dir.join(&rel);
@@ -564,6 +613,32 @@ fn remove_etc_mountpoints(spec: &RunSpec) -> Result<(), ExecutorError> {
                 path: path.clone(),
                 source,
             })?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes from the upper dir what the sandbox created only to mount a
+/// `RUN --mount` on (BuildKit's mount stub cleaner): each target and parent
+/// that no lower dir has, if it is an empty directory or an empty file, and
+/// the directories copied up only to hold one (empty, same mode and owner as
+/// below). Deepest first, so that a parent is empty once its stubs are gone.
+fn remove_overlay_mount_stubs(
+    spec: &RunSpec,
+    mounts: &[mounts::MountSpec],
+) -> Result<(), ExecutorError> {
+    let Some((lower_dirs, upper_dir)) = overlay_dirs(spec) else {
+        return Ok(());
+    };
+    for rel in mounts::stub_paths(mounts) {
+        let path = upper_dir.join(&rel);
+        let removable = if in_lower_dirs(lower_dirs, &rel) {
+            is_removable_mountpoint_dir(&path, lower_dirs, &rel)
+        } else {
+            mounts::is_empty_stub(&path)
+        };
+        if removable {
+            mounts::remove_stub(&path)?;
         }
     }
     Ok(())
@@ -766,6 +841,7 @@ fn sandbox_inner(report: &mut Option<std::fs::File>) -> Result<i32, ExecutorErro
         privilege,
         spec,
         action,
+        mounts,
     } = serde_json::from_slice(&json).map_err(ExecutorError::SpecCodec)?;
     if nix::unistd::getppid().as_raw() != i32::try_from(parent).unwrap_or(-1) {
         // forge died before our parent-death signal was armed.
@@ -813,7 +889,7 @@ fn sandbox_inner(report: &mut Option<std::fs::File>) -> Result<i32, ExecutorErro
             let keep = report.as_ref().map(|r| r.as_raw_fd());
             let result = match &action {
                 Some(action) => perform_action(&spec, action, privilege),
-                None => container_init(&spec, privilege, keep),
+                None => container_init(&spec, &mounts, privilege, keep),
             };
             let code = match result {
                 Ok(()) => 0,
@@ -874,11 +950,13 @@ fn perform_action(
 /// `keep` is the close-on-exec report fd, spared by the fd sweep.
 fn container_init(
     spec: &RunSpec,
+    mounts: &[mounts::MountSpec],
     privilege: Privilege,
     keep: Option<RawFd>,
 ) -> Result<(), Failure> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(sys("prctl(PR_SET_PDEATHSIG)"))?;
-    setup_rootfs(&RealSyscall, spec, privilege)?;
+    mounts::stage_secrets(mounts)?;
+    setup_rootfs_with_mounts(&RealSyscall, spec, mounts, privilege)?;
     nix::unistd::sethostname(&spec.hostname).map_err(sys("sethostname"))?;
     if spec.network == Network::None {
         unsafe_ops::loopback_up()?;

@@ -313,7 +313,8 @@ fn under(root: &Path, path: &str) -> PathBuf {
 ///
 /// Order: `/` rprivate → `chdir` to the lowers' parent → overlay (a
 /// [`Rootfs::Directory`]: a recursive bind mount of it instead) → `/proc` →
-/// `/dev` (tmpfs, device binds, devpts, shm, links) → etc files → pivot_root →
+/// `/dev` (tmpfs, device binds, devpts, shm, links) → etc files → `RUN
+/// --mount`s (see [`super::mounts`]) → pivot_root →
 /// detach old root → masked and read-only paths.
 ///
 /// A failed overlay mount is [`ExecutorError::OverlayUnavailable`], so that
@@ -321,6 +322,17 @@ fn under(root: &Path, path: &str) -> PathBuf {
 pub fn setup_rootfs(
     sys: &dyn Syscall,
     spec: &RunSpec,
+    privilege: Privilege,
+) -> Result<(), ExecutorError> {
+    setup_rootfs_with_mounts(sys, spec, &[], privilege)
+}
+
+/// [`setup_rootfs`] with `RUN --mount`s, mounted after the `/etc` binds
+/// (see [`super::mounts::mount_all`]).
+pub fn setup_rootfs_with_mounts(
+    sys: &dyn Syscall,
+    spec: &RunSpec,
+    mounts: &[super::mounts::MountSpec],
     privilege: Privilege,
 ) -> Result<(), ExecutorError> {
     let root = spec.merged_dir.as_path();
@@ -397,6 +409,9 @@ pub fn setup_rootfs(
         sys.create_file(&target)?;
         sys.mount(Some(source), &target, None, MsFlags::MS_BIND, None)?;
     }
+
+    // `RUN --mount`s, in the new root (their targets resolved inside it).
+    super::mounts::mount_all(sys, root, mounts, privilege)?;
 
     // pivot_root(".", ".") stacks the old root on top of the new one; detaching it
     // leaves the new root. No put_old directory is needed (it would land in the

@@ -636,3 +636,143 @@ fn a_file_action_mounts_the_root_and_its_sources_only() -> Result<(), ExecutorEr
     assert_eq!(rootless.data, "lowerdir=b:a,userxattr");
     Ok(())
 }
+
+#[test]
+fn run_mounts_come_after_the_etc_binds_shallowest_first() -> Result<(), ExecutorError> {
+    use super::mounts::{MountSource, MountSpec};
+    let mounts = vec![
+        MountSpec {
+            target: "/cache/inner".into(),
+            source: MountSource::Tmpfs { size: Some(1024) },
+        },
+        MountSpec {
+            target: "/cache".into(),
+            source: MountSource::Bind {
+                path: "/store/cachemounts/abc".into(),
+                readonly: false,
+            },
+        },
+        MountSpec {
+            target: "/src".into(),
+            source: MountSource::Bind {
+                path: "/ctx".into(),
+                readonly: true,
+            },
+        },
+    ];
+    let sys = RecordingSyscall::new(&[], &["/store/cachemounts/abc", "/ctx"]);
+    setup_rootfs_with_mounts(&sys, &spec(), &mounts, Privilege::Root)?;
+    let calls = sys.calls();
+    let at = |c: &Call| calls.iter().position(|x| x == c).expect("call made");
+    let hostname_bind = at(&mount(
+        Some("/p/hostname"),
+        "/s/root/etc/hostname",
+        None,
+        MsFlags::MS_BIND,
+        None,
+    ));
+    let cache = at(&mount(
+        Some("/store/cachemounts/abc"),
+        "/s/root/cache",
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    ));
+    let tmpfs = at(&mount(
+        Some("tmpfs"),
+        "/s/root/cache/inner",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("size=1024"),
+    ));
+    let src_ro = at(&mount(
+        Some("/ctx"),
+        "/s/root/src",
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None,
+    ));
+    let pivot = at(&Call::PivotRoot {
+        new_root: p("."),
+        put_old: p("."),
+    });
+    assert!(hostname_bind < cache && cache < tmpfs && tmpfs < pivot);
+    assert!(hostname_bind < src_ro && src_ro < pivot);
+    // The writable cache is never remounted read-only.
+    assert!(!calls.iter().any(|c| matches!(c,
+        Call::Mount { target, flags, .. }
+            if target == &p("/s/root/cache") && flags.contains(MsFlags::MS_RDONLY))));
+    Ok(())
+}
+
+#[test]
+fn a_mount_on_the_root_is_refused() {
+    use super::mounts::{MountSource, MountSpec};
+    let mounts = vec![MountSpec {
+        target: "/".into(),
+        source: MountSource::Tmpfs { size: None },
+    }];
+    let sys = RecordingSyscall::new(&[], &[]);
+    assert!(matches!(
+        setup_rootfs_with_mounts(&sys, &spec(), &mounts, Privilege::Root),
+        Err(ExecutorError::InvalidSpec(_))
+    ));
+}
+
+#[test]
+fn mount_stubs_are_every_target_and_parent_deepest_first() {
+    let stubs = mounts::target_stub_paths(["/run/secrets/a", "/run/secrets/b", "/x/../y"]);
+    assert_eq!(
+        stubs,
+        ["run/secrets/a", "run/secrets/b", "run/secrets", "run", "y"]
+    );
+}
+
+#[test]
+fn secrets_parse_as_buildx_does() {
+    use super::mounts::{parse_secret, SecretSource};
+    assert_eq!(
+        parse_secret("id=a,src=/f"),
+        Ok(("a".into(), SecretSource::File("/f".into())))
+    );
+    assert_eq!(
+        parse_secret("id=a,source=/f,type=file"),
+        Ok(("a".into(), SecretSource::File("/f".into())))
+    );
+    assert_eq!(
+        parse_secret("id=a,env=V"),
+        Ok(("a".into(), SecretSource::Env("V".into())))
+    );
+    assert_eq!(
+        parse_secret("type=env,id=a,src=V"),
+        Ok(("a".into(), SecretSource::Env("V".into())))
+    );
+    // No id: the file's name.
+    assert_eq!(
+        parse_secret("src=/dir/token"),
+        Ok(("token".into(), SecretSource::File("/dir/token".into())))
+    );
+    // Neither source: the variable named like the id when set, else the file.
+    assert_eq!(
+        parse_secret("id=FORGE_UNSET_SECRET_VARIABLE_X"),
+        Ok((
+            "FORGE_UNSET_SECRET_VARIABLE_X".into(),
+            SecretSource::File("FORGE_UNSET_SECRET_VARIABLE_X".into())
+        ))
+    );
+    assert_eq!(
+        parse_secret("id=PATH"),
+        Ok(("PATH".into(), SecretSource::Env("PATH".into())))
+    );
+    assert!(parse_secret("id=a,type=ssh").is_err());
+    assert!(parse_secret("id=a,bogus=1").is_err());
+    assert!(parse_secret("noequals").is_err());
+}
+
+#[test]
+fn secret_data_never_prints() {
+    let data = mounts::SecretData(b"hunter2".to_vec());
+    let shown = format!("{data:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert_eq!(shown, "SecretData(<7 bytes>)");
+}
