@@ -109,6 +109,12 @@ pub struct ExtraArgs {
     /// `containerimage.config.digest`, `image.name`, ...) to this JSON file.
     #[arg(long, value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
+    /// Also export the image: `type=oci|docker,dest=FILE` (an archive),
+    /// `type=tar,dest=FILE` (its file system as a tar), `type=local,dest=DIR`
+    /// (unpacked; a bare DIR too), `-` (a tar on standard output); the
+    /// default, `type=image`, keeps it in the store only.
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    pub output: Option<String>,
 }
 
 /// `--progress`.
@@ -1014,6 +1020,10 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         (false, ProgressMode::Auto) => ProgressMode::Plain,
         (false, mode) => mode,
     };
+    let output: crate::output::Output = match &args.extra.output {
+        Some(spec) => spec.parse()?,
+        None => crate::output::Output::Image,
+    };
     install_interrupt_handler();
     let built = {
         let reporter: Box<dyn Reporter> = match mode {
@@ -1045,7 +1055,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
                 eprintln!("naming to {}", reference.tagged_name());
             }
         }
-        if args.quiet {
+        if args.quiet && !output.to_stdout() {
             println!("{}", image.committed.id);
         } else if mode != ProgressMode::Quiet {
             eprintln!("writing image {} done", image.committed.id);
@@ -1053,6 +1063,20 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
     }
     if let Some(path) = &args.extra.metadata_file {
         write_metadata(path, &built)?;
+    }
+    if output != crate::output::Output::Image {
+        match built.as_slice() {
+            [image] => crate::output::export(&store, image, &output)?,
+            _ => {
+                return Err(Failure {
+                    report: miette::miette!(
+                        "--output exports one image, and this build made {}; build one target",
+                        built.len()
+                    ),
+                    code: 1,
+                })
+            }
+        }
     }
     if let Some(path) = &args.iidfile {
         if let Some(image) = built.last() {

@@ -6,6 +6,7 @@ mod build;
 mod config;
 mod human;
 mod images;
+mod output;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,9 @@
 //! (`docker save`, `forge save --format docker`) and read by the same code into one
 //! normalized description: the config fields a Dockerfile sets, the history entries
 //! the Dockerfile added, and every added layer's entries (type, mode, owner, link
-//! target, content digest; whiteouts and opaque markers included; no timestamps).
+//! target, content digest; whiteouts and opaque markers included; no timestamps),
+//! and the unpacked tree (every layer, the base's included, applied in order with
+//! whiteouts and opaque markers honoured: the final filesystem, path by path).
 //! Zero differences are expected; every case's differences are reported before the
 //! test fails. The descriptions are written to `/tmp/forge-differential/engine/`
 //! and `/tmp/forge-differential/forge/` (`CASE.json`), for `diff -u`.
@@ -300,6 +302,9 @@ struct Image {
     layer_count: usize,
     /// The entries of each layer after the base image's, by normalized name.
     layers: Vec<BTreeMap<String, Entry>>,
+    /// The unpacked tree: every layer (the base's included) applied in order,
+    /// whiteouts and opaque markers honoured (see `unpacked_tree`).
+    tree: BTreeMap<String, Entry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -367,6 +372,7 @@ impl Parsed {
                 self.layers.len()
             ));
         }
+        let tree = unpacked_tree(&self.layers);
         let layers: Vec<_> = self.layers.into_iter().skip(layers).collect();
         Ok(Image {
             architecture: self.architecture,
@@ -376,8 +382,96 @@ impl Parsed {
             history: self.history.into_iter().skip(history).collect(),
             layer_count: layers.len(),
             layers,
+            tree,
         })
     }
+}
+
+/// A layer entry's name without the `(occurrence N)` of a repeated name.
+fn entry_name(key: &str) -> &str {
+    match key.rsplit_once(" (occurrence ") {
+        Some((name, rest)) if rest.ends_with(')') => name,
+        _ => key,
+    }
+}
+
+/// Removes `path` and everything under it from `tree`.
+fn remove_subtree(tree: &mut BTreeMap<String, Entry>, path: &str) {
+    tree.remove(path);
+    remove_children(tree, path);
+}
+
+/// Removes everything under `dir` (not `dir` itself) from `tree`.
+fn remove_children(tree: &mut BTreeMap<String, Entry>, dir: &str) {
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    let doomed: Vec<String> = tree
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in doomed {
+        tree.remove(&k);
+    }
+}
+
+/// The final filesystem of an image: its layers applied in order, as a runtime
+/// unpacks them. Each layer's whiteouts (`.wh.NAME`) and opaque markers
+/// (`.wh..wh..opq`) first remove what lower layers have; then its entries are
+/// added, a non-directory replacing a directory with all under it, a directory
+/// over a directory keeping the children. A hard link reads as the inode it
+/// names (type, mode, owner, content of its target) with its target kept in
+/// `link`, so the tree does not depend on which name a layer wrote first.
+fn unpacked_tree(layers: &[BTreeMap<String, Entry>]) -> BTreeMap<String, Entry> {
+    let mut tree: BTreeMap<String, Entry> = BTreeMap::new();
+    for layer in layers {
+        // Whiteouts apply to the lower layers only.
+        for key in layer.keys() {
+            let name = entry_name(key);
+            let (dir, base) = name.rsplit_once('/').unwrap_or(("", name));
+            if base == ".wh..wh..opq" {
+                remove_children(&mut tree, dir);
+            } else if let Some(hidden) = base.strip_prefix(".wh.") {
+                let path = if dir.is_empty() {
+                    hidden.to_string()
+                } else {
+                    format!("{dir}/{hidden}")
+                };
+                remove_subtree(&mut tree, &path);
+            }
+        }
+        let added = |e: &Entry| e.kind != "hardlink";
+        // Everything but hard links, then hard links (their targets in place).
+        for pass in [true, false] {
+            for (key, entry) in layer {
+                let name = entry_name(key);
+                let base = name.rsplit_once('/').map_or(name, |(_, b)| b);
+                if base.starts_with(".wh.") || added(entry) != pass {
+                    continue;
+                }
+                let entry = if entry.kind == "hardlink" {
+                    let target = entry.link.clone().unwrap_or_default();
+                    match tree.get(&target) {
+                        Some(t) => Entry {
+                            link: Some(target),
+                            ..t.clone()
+                        },
+                        None => entry.clone(),
+                    }
+                } else {
+                    entry.clone()
+                };
+                if entry.kind != "dir" {
+                    remove_children(&mut tree, name);
+                }
+                tree.insert(name.to_string(), entry);
+            }
+        }
+    }
+    tree
 }
 
 /// `./a/b/` → `a/b`; `/a` → `a`.

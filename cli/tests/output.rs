@@ -1,5 +1,6 @@
 //! `forge build`'s output and result options: `--label`, `--add-host`,
-//! `--metadata-file`, `NO_COLOR`, and the live view (`--progress tty`).
+//! `--metadata-file`, `--output`, `NO_COLOR`, and the live view
+//! (`--progress tty`).
 
 mod common;
 
@@ -362,4 +363,87 @@ fn tty_progress_prints_finished_and_cached_lines() {
     assert!(!log.contains("\x1b[34m => [one 2/2] RUN"), "{log:?}");
     assert!(has_sgr(&log), "{log:?}");
     assert!(log.contains("\x1b[34m => "), "{log:?}");
+}
+
+/// Entries of a tar (names cleaned) with the bytes of regular files.
+fn tar_entries(bytes: &[u8]) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut tar = tar::Archive::new(bytes);
+    for entry in tar.entries().expect("tar") {
+        let mut entry = entry.expect("tar entry");
+        let name = common::clean_name(&String::from_utf8_lossy(&entry.path_bytes()));
+        let data = entry.header().entry_type().is_file().then(|| {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).expect("tar content");
+            data
+        });
+        out.insert(name, data);
+    }
+    out
+}
+
+#[test]
+fn output_exports_archives_a_tar_and_a_directory() {
+    let f = Fixture::new("output-export");
+    f.dockerfile(
+        "FROM base\n\
+         RUN echo hello > /hello && mkdir -p /gone && touch /gone/x\n\
+         RUN rm -rf /gone\n",
+    );
+    let dir = f.home.path().join("exports");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let path = |name: &str| dir.join(name).to_str().expect("utf-8").to_string();
+
+    // An OCI archive that skopeo reads, and a docker archive with the tag.
+    let oci = format!("type=oci,dest={}", path("oci.tar"));
+    ok(&f.forge_build(&["-t", "exported:1", "--output", &oci]));
+    let inspected = std::process::Command::new("skopeo")
+        .args(["inspect", &format!("oci-archive:{}", path("oci.tar"))])
+        .output()
+        .expect("skopeo runs");
+    assert!(inspected.status.success(), "{}", stderr(&inspected));
+    let v: Value = serde_json::from_slice(&inspected.stdout).expect("skopeo JSON");
+    assert_eq!(v["Layers"].as_array().map(Vec::len), Some(3), "{v}");
+    let docker = format!("type=docker,dest={}", path("docker.tar"));
+    ok(&f.forge_build(&["-t", "exported:1", "-o", &docker]));
+    let files = common::archive_files(&std::fs::read(path("docker.tar")).expect("archive"));
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).expect("manifest");
+    assert_eq!(manifest[0]["RepoTags"][0], "exported:1");
+
+    // The file system as one tar: the RUN's file, busybox, not the deleted dir.
+    ok(&f.forge_build(&["-o", &format!("type=tar,dest={}", path("fs.tar"))]));
+    let fs = tar_entries(&std::fs::read(path("fs.tar")).expect("fs tar"));
+    assert_eq!(fs["hello"].as_deref(), Some(&b"hello\n"[..]));
+    assert!(fs.contains_key("bin/busybox"), "{:?}", fs.keys());
+    assert!(
+        !fs.keys()
+            .any(|k| k.starts_with("gone") || k.contains(".wh.")),
+        "{:?}",
+        fs.keys()
+    );
+    // `-`: the same tar on standard output.
+    let out = f.forge_build(&["-q", "-o", "-"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        tar_entries(&out.stdout).keys().collect::<Vec<_>>(),
+        fs.keys().collect::<Vec<_>>()
+    );
+
+    // Unpacked into a directory (a bare path means type=local).
+    ok(&f.forge_build(&["-o", &path("rootfs")]));
+    assert_eq!(
+        std::fs::read(dir.join("rootfs/hello")).expect("unpacked file"),
+        b"hello\n"
+    );
+    assert!(dir.join("rootfs/bin/busybox").is_file());
+    assert!(!dir.join("rootfs/gone").exists());
+
+    // A spec that means nothing is refused before anything is built.
+    let out = f.forge_build(&["-o", "type=floppy,dest=a"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown type `floppy`"),
+        "{}",
+        stderr(&out)
+    );
 }
