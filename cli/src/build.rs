@@ -130,6 +130,38 @@ pub enum ProgressMode {
     Quiet,
 }
 
+/// Scans a context directory, after its `.dockerignore` (or the
+/// Dockerfile's own), with content digests; a stat cache per directory in
+/// the store keeps a no-op rebuild at about one `lstat` per file.
+fn scan_context(
+    store: &Store,
+    dir: &std::path::Path,
+    dockerfile: Option<&std::path::Path>,
+    verify: bool,
+) -> Result<forge_context::Index, Failure> {
+    let context = forge_context::Context::open(dir, dockerfile).map_err(|e| Failure {
+        report: e.into(),
+        code: 1,
+    })?;
+    let cache_name = blake3::hash(dir.as_os_str().as_encoded_bytes()).to_hex();
+    let stat_cache = store
+        .root()
+        .join("forge/v1/statcache")
+        .join(cache_name.as_str());
+    if let Some(parent) = stat_cache.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let scanned = if verify {
+        context.scan_verify(Some(&stat_cache))
+    } else {
+        context.scan(Some(&stat_cache))
+    };
+    scanned.map_err(|e| Failure {
+        report: e.into(),
+        code: 1,
+    })
+}
+
 /// Base images come from the store (pulling arrives with the registry client).
 struct StoreResolver<'s> {
     store: &'s Store,
@@ -946,28 +978,33 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         ),
         code: 1,
     })?;
-    let context =
-        forge_context::Context::open(&context_dir, Some(&dockerfile)).map_err(|e| Failure {
-            report: e.into(),
+    let context_index = scan_context(&store, &context_dir, Some(&dockerfile), args.verify_context)?;
+    // forge.toml images with a context of their own: each scanned once.
+    let mut stage_contexts = BTreeMap::new();
+    for stage in &ir.stages {
+        let Some(dir) = stage.context.as_ref().filter(|_| graph.builds(stage.id)) else {
+            continue;
+        };
+        if stage_contexts.contains_key(dir) {
+            continue;
+        }
+        let absolute = std::fs::canonicalize(dir).map_err(|e| Failure {
+            report: miette::miette!("cannot open the build context {}: {e}", dir.display()),
             code: 1,
         })?;
-    let cache_name = blake3::hash(context_dir.as_os_str().as_encoded_bytes()).to_hex();
-    let stat_cache = store
-        .root()
-        .join("forge/v1/statcache")
-        .join(cache_name.as_str());
-    if let Some(parent) = stat_cache.parent() {
-        let _ = std::fs::create_dir_all(parent);
+        let index = if absolute == context_dir {
+            context_index.clone()
+        } else {
+            scan_context(&store, &absolute, None, args.verify_context)?
+        };
+        stage_contexts.insert(
+            dir.clone(),
+            forge_executor::build::StageContext {
+                dir: absolute,
+                index: std::sync::Arc::new(index),
+            },
+        );
     }
-    let scanned = if args.verify_context {
-        context.scan_verify(Some(&stat_cache))
-    } else {
-        context.scan(Some(&stat_cache))
-    };
-    let context_index = scanned.map_err(|e| Failure {
-        report: e.into(),
-        code: 1,
-    })?;
     let build_id = format!(
         "{}\0{}\0{}",
         context_dir.display(),
@@ -1002,6 +1039,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             .collect(),
         context: Some(context_dir.clone()),
         context_index: Some(std::sync::Arc::new(context_index)),
+        stage_contexts,
         no_cache_filter: args.no_cache_filter.clone(),
         explain_cache: args.explain_cache,
         build_id,

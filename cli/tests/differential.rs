@@ -423,8 +423,8 @@ fn remove_children(tree: &mut BTreeMap<String, Entry>, dir: &str) {
 /// (`.wh..wh..opq`) first remove what lower layers have; then its entries are
 /// added, a non-directory replacing a directory with all under it, a directory
 /// over a directory keeping the children. A hard link reads as the inode it
-/// names (type, mode, owner, content of its target) with its target kept in
-/// `link`, so the tree does not depend on which name a layer wrote first.
+/// names (type, mode, owner and content of its target, as the tree has it
+/// then), its target kept in `link`.
 fn unpacked_tree(layers: &[BTreeMap<String, Entry>]) -> BTreeMap<String, Entry> {
     let mut tree: BTreeMap<String, Entry> = BTreeMap::new();
     for layer in layers {

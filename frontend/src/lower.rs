@@ -158,6 +158,7 @@ pub fn lower_project(project: &Project, opts: &LowerOptions<'_>) -> Result<Ir, F
                 span: image.name.span,
                 tags: image.tags.clone(),
                 inline: matches!(image.build, ImageBuild::Inline(_)),
+                context: image.context.clone(),
             }),
             file,
             build_args: args,
@@ -194,6 +195,8 @@ struct ImageMeta {
     span: SourceSpan,
     tags: Vec<String>,
     inline: bool,
+    /// The image's build context.
+    context: std::path::PathBuf,
 }
 
 /// One build file to lower: a Dockerfile, or one image of a project.
@@ -767,6 +770,7 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                 text: from.original.clone(),
                 onbuild_from: None,
             },
+            context: self.units[u].image.as_ref().map(|m| m.context.clone()),
         };
         Some((stage, config))
     }

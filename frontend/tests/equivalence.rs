@@ -42,8 +42,14 @@ fn lower_both(name: &str, opts: &LowerOptions<'_>) -> (Ir, Ir) {
 
     let project = forge_toml::load(&dir.join("forge.toml"))
         .unwrap_or_else(|e| panic!("{name}/forge.toml: {}", report(e)));
-    let from_toml = lower_project(&project, opts)
+    let mut from_toml = lower_project(&project, opts)
         .unwrap_or_else(|e| panic!("{name}/forge.toml: {}", report(e)));
+    // Every forge.toml image names its context (the case directory here),
+    // where a Dockerfile's stages read the build's: the same directory.
+    for stage in &mut from_toml.stages {
+        assert_eq!(stage.context.as_deref(), Some(dir.as_path()), "{name}: context");
+        stage.context = None;
+    }
     (from_dockerfile, from_toml)
 }
 

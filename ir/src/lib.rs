@@ -68,6 +68,10 @@ pub struct Stage {
     pub steps: Vec<Step>,
     /// Where the `FROM` was written.
     pub origin: Origin,
+    /// The directory its COPY, ADD and context bind mounts read: a
+    /// forge.toml image's own `context`; `None`: the build's context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<std::path::PathBuf>,
 }
 
 /// What a stage starts from.

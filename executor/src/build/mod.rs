@@ -89,6 +89,9 @@ pub struct BuildOptions {
     /// copy sees only what it lists. `None`: every file of `context`, and
     /// steps reading the context are never cached.
     pub context_index: Option<std::sync::Arc<forge_context::Index>>,
+    /// The contexts of stages that have their own (forge.toml images'
+    /// `context`), by the directory the IR names, scanned as `context` is.
+    pub stage_contexts: std::collections::BTreeMap<PathBuf, StageContext>,
     /// Stage names whose steps run even when cached (`--no-cache-filter`).
     pub no_cache_filter: Vec<String>,
     /// Say why each step that missed the cache missed (`--explain-cache`).
@@ -116,6 +119,35 @@ pub struct BuildOptions {
     /// `--add-host HOST:IP`: `(host, ip)` lines added to the `/etc/hosts`
     /// every RUN sees (bind-mounted, never in a layer; not in step keys).
     pub extra_hosts: Vec<(String, String)>,
+}
+
+/// A stage's own build context (a forge.toml image's `context`).
+#[derive(Debug, Clone)]
+pub struct StageContext {
+    /// The directory (absolute).
+    pub dir: PathBuf,
+    /// Its scan.
+    pub index: std::sync::Arc<forge_context::Index>,
+}
+
+impl BuildOptions {
+    /// The context a stage's COPY, ADD and context bind mounts read, and its
+    /// scan: the stage's own (a forge.toml image's), else the build's.
+    fn context_of<'a>(
+        &'a self,
+        stage: &'a Stage,
+    ) -> (
+        Option<&'a PathBuf>,
+        Option<&'a std::sync::Arc<forge_context::Index>>,
+    ) {
+        match &stage.context {
+            Some(dir) => match self.stage_contexts.get(dir) {
+                Some(own) => (Some(&own.dir), Some(&own.index)),
+                None => (Some(dir), None),
+            },
+            None => (self.context.as_ref(), self.context_index.as_ref()),
+        }
+    }
 }
 
 /// A `--build-context`.
@@ -268,12 +300,15 @@ pub fn build(
     // COPY/ADD sources in the context: selected once, their digest in the key,
     // their list handed to the copy.
     let mut selections: HashMap<NodeIndex, forge_context::Selection> = HashMap::new();
-    if let Some(index) = &opts.context_index {
+    {
         for node in graph.topo_order() {
             if !graph.needs_sources(node) {
                 continue;
             }
-            let Some(step) = graph.step(node) else {
+            let (Some(step), Some(stage)) = (graph.step(node), graph.stage_of(node)) else {
+                continue;
+            };
+            let Some(index) = opts.context_of(stage).1 else {
                 continue;
             };
             let (sources, excludes, heredocs) = match &step.op {
@@ -598,7 +633,7 @@ impl Driver<'_> {
     /// What a COPY/ADD may see of the context: its selection's entries and
     /// their parent directories (`None` when the context was not scanned).
     fn allowed_in_context(&self, stage: &Stage, step: &Step) -> Option<BTreeSet<String>> {
-        self.opts.context_index.as_ref()?;
+        self.opts.context_of(stage).1?;
         Some(
             self.context_selection(stage, step)
                 .map(allowed_in)
@@ -926,7 +961,7 @@ impl Driver<'_> {
                     });
                 }
                 let mut secret_env = Vec::new();
-                let mounts = self.run_mounts(step, run, &mut secret_env)?;
+                let mounts = self.run_mounts(stage, step, run, &mut secret_env)?;
                 let argv = if run.heredocs.is_empty() {
                     command_argv(&run.command, &step.ctx.shell)
                 } else {
@@ -1007,6 +1042,7 @@ impl Driver<'_> {
     /// [`ExecutorError::Unsupported`].
     fn run_mounts(
         &self,
+        stage: &Stage,
         step: &Step,
         run: &forge_ir::RunOp,
         env: &mut Vec<(String, String)>,
@@ -1086,7 +1122,7 @@ impl Driver<'_> {
                 MountKind::Bind => {
                     let from = match &m.from {
                         None | Some(SourceRef::Context) => {
-                            let dir = self.opts.context.as_ref().ok_or_else(|| {
+                            let dir = self.opts.context_of(stage).0.ok_or_else(|| {
                                 bad("there is no build context to mount".to_string())
                             })?;
                             BindFrom::Dir(std::path::absolute(dir).map_err(|e| {
@@ -1135,7 +1171,7 @@ impl Driver<'_> {
                 Op::Copy(c) => {
                     // In a context, its selection applies them (so it must be
                     // scanned); from an image, the sandbox does.
-                    if c.from == SourceRef::Context && self.opts.context_index.is_none() {
+                    if c.from == SourceRef::Context && self.opts.context_of(stage).1.is_none() {
                         if c.parents {
                             return Err(unsupported("COPY --parents without a scanned context"));
                         }
@@ -1156,7 +1192,7 @@ impl Driver<'_> {
                     )
                 }
                 Op::Add(a) => {
-                    if !a.exclude.is_empty() && self.opts.context_index.is_none() {
+                    if !a.exclude.is_empty() && self.opts.context_of(stage).1.is_none() {
                         return Err(unsupported("ADD --exclude without a scanned context"));
                     }
                     (
@@ -1242,7 +1278,7 @@ impl Driver<'_> {
         let mut named_selection = None;
         let from = match from {
             SourceRef::Context => FileFrom::Context {
-                dir: match (&self.opts.context, reads_paths) {
+                dir: match (self.opts.context_of(stage).0, reads_paths) {
                     // Absolute: the sandbox works from another directory.
                     (Some(dir), _) => std::path::absolute(dir).map_err(|e| {
                         fail(format!("cannot resolve the context {}: {e}", dir.display()))

@@ -238,6 +238,7 @@ impl IrB {
                 text,
                 onbuild_from: None,
             },
+            context: None,
         };
         let built = f(StageB {
             stage,
