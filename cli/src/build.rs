@@ -85,9 +85,9 @@ pub struct BuildArgs {
     /// stored in the image, the cache or the output.
     #[arg(long = "secret", value_name = "id=ID[,src=FILE|,env=VAR]")]
     pub secrets: Vec<String>,
-    /// An SSH agent socket or keys to expose (`RUN --mount=type=ssh`, not
-    /// supported yet; such a RUN fails).
-    #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY...]")]
+    /// An SSH agent socket to forward to `RUN --mount=type=ssh` (`default`:
+    /// `$SSH_AUTH_SOCK`; or `ID=SOCKET`; repeatable).
+    #[arg(long = "ssh", value_name = "default|ID=SOCKET")]
     pub ssh: Vec<String>,
     #[command(flatten)]
     pub extra: Box<ExtraArgs>,
@@ -333,7 +333,14 @@ impl BaseResolver for NamedContextResolver<'_> {
 impl From<ExecutorError> for Failure {
     fn from(e: ExecutorError) -> Self {
         let code = match &e {
-            ExecutorError::RunFailed { .. } | ExecutorError::TooManyLayers { .. } => 1,
+            // The build's input: a step that failed, a COPY source that is
+            // not there, a mount that cannot be made as written, a secret
+            // or agent that was not given.
+            ExecutorError::RunFailed { .. }
+            | ExecutorError::TooManyLayers { .. }
+            | ExecutorError::FileAction(_)
+            | ExecutorError::BadMount { .. }
+            | ExecutorError::MissingSecret { .. } => 1,
             ExecutorError::Store(inner)
                 if !matches!(**inner, forge_cache::CacheError::Io { .. }) =>
             {
@@ -809,6 +816,41 @@ fn parse_secrets(
         .collect()
 }
 
+/// `--ssh default` (the agent of `$SSH_AUTH_SOCK`) or `--ssh ID=SOCKET`:
+/// agent sockets by id. (buildx also takes key files; forge forwards
+/// agents only.)
+fn parse_ssh(raw: &[String]) -> Result<BTreeMap<String, PathBuf>, Failure> {
+    use std::os::unix::fs::FileTypeExt;
+    raw.iter()
+        .map(|spec| {
+            let (id, path) = match spec.split_once('=') {
+                Some((id, path)) => (id.to_string(), PathBuf::from(path)),
+                None => {
+                    let sock = std::env::var_os("SSH_AUTH_SOCK").ok_or_else(|| {
+                        crate::usage(
+                            format!("--ssh {spec}: SSH_AUTH_SOCK is not set"),
+                            "start an agent (ssh-agent) or write --ssh ID=SOCKET",
+                        )
+                    })?;
+                    (spec.clone(), PathBuf::from(sock))
+                }
+            };
+            let is_socket = std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_socket());
+            if id.is_empty() || !is_socket {
+                return Err(crate::usage(
+                    format!("--ssh {spec}: {} is not an agent socket", path.display()),
+                    "write --ssh default (with SSH_AUTH_SOCK set) or --ssh ID=SOCKET; key files are not supported",
+                ));
+            }
+            let absolute = std::path::absolute(&path).map_err(|e| Failure {
+                report: miette::miette!("--ssh {spec}: {e}"),
+                code: 2,
+            })?;
+            Ok((id, absolute))
+        })
+        .collect()
+}
+
 /// `--label KEY=VALUE` (as docker: `KEY` alone is an empty value).
 fn parse_labels(raw: &[String]) -> Result<Vec<(String, String)>, Failure> {
     raw.iter()
@@ -1046,7 +1088,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         named_contexts,
         jobs: args.jobs,
         secrets: parse_secrets(&args.secrets)?,
-        ssh: args.ssh.clone(),
+        ssh: parse_ssh(&args.ssh)?,
         labels: parse_labels(&args.extra.labels)?,
         extra_hosts: parse_add_hosts(&args.extra.add_hosts)?,
     };

@@ -364,3 +364,53 @@ fn mount_steps_give_the_same_image_with_the_copy_snapshotter() {
     }
     assert_eq!(ids[0], ids[1], "overlay and copy mode differ");
 }
+
+#[test]
+fn ssh_mounts_forward_an_agent_socket() {
+    let f = Fixture::new("mount-ssh");
+    let socket = f.home.path().join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("a socket");
+    let dockerfile = "FROM base:latest\n\
+         RUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && echo \"$SSH_AUTH_SOCK\" > /agent\n\
+         RUN --mount=type=ssh,id=other,target=/run/other.sock,required \
+             test -S /run/other.sock && echo other > /other\n\
+         RUN --mount=type=ssh,id=absent echo \"${SSH_AUTH_SOCK:-none}\" > /absent\n";
+    let ssh_default = format!("default={}", socket.display());
+    let ssh_other = format!("other={}", socket.display());
+    let out = f.build_tagged(
+        dockerfile,
+        "ssh:latest",
+        &["--ssh", &ssh_default, "--ssh", &ssh_other],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (layers, _) = f.image("ssh:latest");
+    let n = layers.len();
+    assert_eq!(text(&layers[n - 3], "agent"), "/run/buildkit/ssh_agent.0\n");
+    assert_eq!(paths(&layers[n - 3]), ["agent"], "no mount point left");
+    assert_eq!(text(&layers[n - 2], "other"), "other\n");
+    assert_eq!(paths(&layers[n - 2]), ["other"]);
+    // Not given and not required: skipped.
+    assert_eq!(text(&layers[n - 1], "absent"), "none\n");
+
+    // Required and not given: a clear error (when the step runs; a cached
+    // step needs none of its mounts).
+    let out = f.build_tagged(
+        dockerfile,
+        "ssh:latest",
+        &["--no-cache", "--ssh", &ssh_default],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no SSH agent socket `other`"),
+        "{}",
+        stderr(&out)
+    );
+    // A path that is no socket is refused before anything runs.
+    let out = f.build_tagged(dockerfile, "ssh:latest", &["--ssh", "default=/etc/passwd"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not an agent socket"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -47,7 +47,11 @@ fn lower_both(name: &str, opts: &LowerOptions<'_>) -> (Ir, Ir) {
     // Every forge.toml image names its context (the case directory here),
     // where a Dockerfile's stages read the build's: the same directory.
     for stage in &mut from_toml.stages {
-        assert_eq!(stage.context.as_deref(), Some(dir.as_path()), "{name}: context");
+        assert_eq!(
+            stage.context.as_deref(),
+            Some(dir.as_path()),
+            "{name}: context"
+        );
         stage.context = None;
     }
     (from_dockerfile, from_toml)

@@ -108,8 +108,9 @@ pub struct BuildOptions {
     /// `--secret`s by id: what `RUN --mount=type=secret` reads. Never in
     /// a key, the config or the history.
     pub secrets: std::collections::BTreeMap<String, crate::sandbox::mounts::SecretSource>,
-    /// `--ssh` specs as given (`RUN --mount=type=ssh` is not supported yet).
-    pub ssh: Vec<String>,
+    /// `--ssh`: agent sockets by id (`default` for `--ssh default`), what
+    /// `RUN --mount=type=ssh` forwards.
+    pub ssh: std::collections::BTreeMap<String, PathBuf>,
     /// `--label K=V`: set on the targets' final images (over the build
     /// file's `LABEL`s), when their last step is committed again: no step's
     /// key depends on them, so changing one reuses every cached step and
@@ -1038,7 +1039,8 @@ impl Driver<'_> {
     /// semantics, see the book's "RUN mounts and secrets"); the
     /// `(name, value)` environment of its `env=` secrets goes to `env`. A secret that was
     /// not given is skipped, or [`ExecutorError::MissingSecret`] when
-    /// `required`; `type=ssh` and a cache seeded `from=` a stage are
+    /// `required`; an `ssh` mount binds its agent's socket (and sets
+    /// `SSH_AUTH_SOCK`); a cache seeded `from=` a stage is
     /// [`ExecutorError::Unsupported`].
     fn run_mounts(
         &self,
@@ -1071,7 +1073,35 @@ impl Driver<'_> {
             }
             let kind = match m.kind {
                 MountKind::Tmpfs => RunMountKind::Tmpfs { size: m.size },
-                MountKind::Ssh => return Err(unsupported("RUN --mount=type=ssh")),
+                MountKind::Ssh => {
+                    let id = m.id.clone().unwrap_or_else(|| "default".to_string());
+                    let Some(socket) = self.opts.ssh.get(&id) else {
+                        if m.required {
+                            return Err(bad(format!(
+                                "no SSH agent socket `{id}`: give one with --ssh {id}[=SOCKET]"
+                            )));
+                        }
+                        continue;
+                    };
+                    let (Some(dir), Some(name)) = (socket.parent(), socket.file_name()) else {
+                        return Err(bad(format!(
+                            "--ssh {id}: {} is not a socket",
+                            socket.display()
+                        )));
+                    };
+                    // The command finds the agent as usual (the first ssh
+                    // mount's, as BuildKit sets it).
+                    if !env.iter().any(|(k, _)| k == "SSH_AUTH_SOCK") {
+                        env.push(("SSH_AUTH_SOCK".to_string(), target.clone()));
+                    }
+                    // A read-only bind: connecting to a socket is no write
+                    // to its file system.
+                    RunMountKind::Bind {
+                        from: BindFrom::Dir(dir.to_path_buf()),
+                        source: name.to_string_lossy().into_owned(),
+                        readonly: true,
+                    }
+                }
                 MountKind::Cache => {
                     if m.from.is_some() {
                         return Err(unsupported("RUN --mount=type=cache,from=..."));
