@@ -414,3 +414,25 @@ fn ssh_mounts_forward_an_agent_socket() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_new_cache_mount_starts_from_its_from_stage() {
+    let f = Fixture::new("mount-cache-from");
+    let dockerfile = "FROM base:latest AS seed\n\
+         RUN mkdir -p /seed/sub && echo seeded > /seed/sub/data\n\
+         FROM base:latest\n\
+         RUN --mount=type=cache,id=seeded,target=/c,from=seed,source=/seed \
+             cat /c/sub/data > /got && echo more >> /c/sub/data\n";
+    let out = f.build_tagged(dockerfile, "seeded:latest", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (layers, _) = f.image("seeded:latest");
+    let top = &layers[layers.len() - 1];
+    assert_eq!(text(top, "got"), "seeded\n");
+    assert_eq!(paths(top), ["got"], "nothing of the cache in the layer");
+    // The cache persists: the next run sees what the last one wrote, not a
+    // fresh copy of the stage.
+    let out = f.build_tagged(dockerfile, "seeded:latest", &["--no-cache"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (layers, _) = f.image("seeded:latest");
+    assert_eq!(text(&layers[layers.len() - 1], "got"), "seeded\nmore\n");
+}

@@ -1103,10 +1103,21 @@ impl Driver<'_> {
                     }
                 }
                 MountKind::Cache => {
-                    if m.from.is_some() {
-                        return Err(unsupported("RUN --mount=type=cache,from=..."));
+                    let seed = match &m.from {
+                        None | Some(SourceRef::Context) => None,
+                        Some(SourceRef::Stage(id)) => Some(Box::new(self.stage_state(*id)?)),
+                        Some(SourceRef::Image(name)) => match self.image_sources.get(name) {
+                            Some(state) => Some(Box::new(state.clone())),
+                            None => {
+                                return Err(unsupported(&format!(
+                                    "RUN --mount=type=cache,from={name} (not an image of the store)"
+                                )))
+                            }
+                        },
                     }
+                    .map(|state| (state, m.source.clone().unwrap_or_else(|| "/".to_string())));
                     RunMountKind::Cache {
+                        seed,
                         id: m.id.clone().unwrap_or_else(|| m.target.clone()),
                         sharing: m.sharing,
                         mode: m.mode.unwrap_or(0o755),

@@ -122,6 +122,9 @@ pub enum RunMountKind {
         gid: u32,
         /// `ro`.
         readonly: bool,
+        /// `from=` and `source=`: a new cache directory starts as a copy of
+        /// this path of that image (BuildKit's seeding); `None`: empty.
+        seed: Option<(Box<ImageState>, String)>,
     },
     /// A secret file, on a tmpfs, read-only.
     Secret {
@@ -402,8 +405,12 @@ impl Runner<'_> {
                     uid,
                     gid,
                     readonly,
+                    seed,
                 } => {
-                    let (path, lock) = self.cache_dir(id, *sharing, *mode, *uid, *gid)?;
+                    let seed = seed
+                        .as_ref()
+                        .map(|(state, source)| (state.as_ref(), source.as_str()));
+                    let (path, lock) = self.cache_dir(id, *sharing, *mode, *uid, *gid, seed)?;
                     locks.extend(lock);
                     MountSource::Bind {
                         path,
@@ -534,6 +541,7 @@ impl Runner<'_> {
         mode: u32,
         uid: u32,
         gid: u32,
+        seed: Option<(&ImageState, &str)>,
     ) -> Result<(PathBuf, Option<fs::File>), ExecutorError> {
         use forge_ir::CacheSharing;
         let tmp = self.store.tmp_dir();
@@ -573,9 +581,47 @@ impl Runner<'_> {
             };
             let dir = base.join(&name);
             if dir.symlink_metadata().is_err() {
-                make_cache_dir(&base, &dir, mode, uid, gid)?;
+                match seed {
+                    Some((image, source)) => self.seed_cache_dir(&base, &dir, image, source)?,
+                    None => make_cache_dir(&base, &dir, mode, uid, gid)?,
+                }
             }
             return Ok((dir, lock));
+        }
+    }
+
+    /// A new cache directory `dir` made as a copy of `source` in `image`
+    /// (its layers applied beside it, the path taken out by a rename; a
+    /// missing or non-directory source gives an empty 0755 directory).
+    fn seed_cache_dir(
+        &self,
+        base: &Path,
+        dir: &Path,
+        image: &ImageState,
+        source: &str,
+    ) -> Result<(), ExecutorError> {
+        let unpacked = RunDir(base.join(Store::temp_name("cache-seed")));
+        fs::create_dir(&unpacked.0).map_err(io("creating", &unpacked.0))?;
+        for layer in &image.layers {
+            self.apply(layer, &unpacked.0)?;
+        }
+        let from = crate::sandbox::fileop::resolve_in_root(&unpacked.0, source)
+            .map_err(ExecutorError::FileAction)?;
+        if !from.symlink_metadata().is_ok_and(|m| m.is_dir()) || from == unpacked.0 {
+            if from == unpacked.0 {
+                // The whole image: move the tree itself.
+                return match fs::rename(&unpacked.0, dir) {
+                    Ok(()) => Ok(()),
+                    Err(_) if dir.is_dir() => Ok(()),
+                    Err(e) => Err(io("renaming", dir)(e)),
+                };
+            }
+            return make_cache_dir(base, dir, 0o755, 0, 0);
+        }
+        match fs::rename(&from, dir) {
+            Ok(()) => Ok(()),
+            Err(_) if dir.is_dir() => Ok(()),
+            Err(e) => Err(io("renaming", dir)(e)),
         }
     }
 
