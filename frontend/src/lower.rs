@@ -219,6 +219,9 @@ struct ConfigState {
     workdir: String,
     shell: Vec<String>,
     onbuild: Vec<String>,
+    /// The build args in scope at the end of the stage: a stage built
+    /// `FROM` it starts with them (BuildKit and buildah carry them over).
+    args: BTreeMap<String, Option<String>>,
 }
 
 impl ConfigState {
@@ -701,7 +704,15 @@ impl<'f, 'r> Lowerer<'f, 'r> {
             }
         };
 
-        let mut args: BTreeMap<String, Option<String>> = BTreeMap::new();
+        // A stage built on another stage (or on another image of a
+        // project, which is one) starts with its build args, as BuildKit and
+        // buildah carry them over; on an image, with none.
+        let mut args: BTreeMap<String, Option<String>> = if stage_base.or(image_base).is_some() {
+            std::mem::take(&mut config.args)
+        } else {
+            config.args.clear();
+            BTreeMap::new()
+        };
         let initial = context(&config, &args);
         let mut steps = Vec::new();
 
@@ -772,6 +783,7 @@ impl<'f, 'r> Lowerer<'f, 'r> {
             },
             context: self.units[u].image.as_ref().map(|m| m.context.clone()),
         };
+        config.args = args;
         Some((stage, config))
     }
 
@@ -939,10 +951,13 @@ impl<'f, 'r> Lowerer<'f, 'r> {
                 let dir_text = self.expand(file, dir, config, args, &mut deferred)?;
                 // A deferred value stays as written: joining `$HOME/x` onto the
                 // current directory would invent a path.
-                let path = if deferred.is_empty() {
-                    join_path(&config.workdir, &dir_text)
-                } else {
+                // BuildKit's rule: a relative WORKDIR is joined to the current
+                // one and cleaned; an absolute one is kept as written (`.` and
+                // `..` included: the directories it names on the way are made).
+                let path = if !deferred.is_empty() || dir_text.starts_with('/') {
                     dir_text
+                } else {
+                    join_path(&config.workdir, &dir_text)
                 };
                 config.workdir.clone_from(&path);
                 Op::Workdir(path)
@@ -1023,12 +1038,15 @@ impl<'f, 'r> Lowerer<'f, 'r> {
         let mut out = Vec::with_capacity(decls.len());
         for decl in decls {
             let name = decl.name.value.clone();
+            // A bare `ARG NAME` with no global of that name keeps the value
+            // it already has (from an earlier ARG, or the base stage's).
             let value = if let Some(v) = build_args.get(&name) {
                 Some(v.clone())
             } else if let Some(default) = &decl.default {
                 self.expand(file, default, config, args, deferred)
             } else {
                 self.global_value(u, &name)
+                    .or_else(|| args.get(&name).cloned().flatten())
             };
             out.push((name, value));
         }

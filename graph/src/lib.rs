@@ -55,6 +55,7 @@
 //!         initial: ctx,
 //!         steps: vec![run],
 //!         origin: Origin::default(),
+//!         context: None,
 //!     }],
 //!     targets: vec![Target { name: "app".into(), stage: StageId(0), tags: vec![] }],
 //!     groups: Default::default(),

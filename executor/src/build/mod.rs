@@ -1006,11 +1006,20 @@ impl Driver<'_> {
             }
             Op::Workdir(dir) => {
                 state.apply_config(&step.op, &step.ctx.shell, cmd_set);
+                // The config keeps the path as written; the directory made is
+                // the cleaned path (BuildKit's mkdir file op). A RUN then
+                // starts in the path as written, making what it names on the
+                // way, as BuildKit's executor does.
+                let made = destination("/", dir);
+                let made = match made.trim_end_matches('/') {
+                    "" => "/".to_string(),
+                    clean => clean.to_string(),
+                };
                 let sandbox_step = SandboxStep {
                     argv: Vec::new(),
                     env: run_env(step),
                     user: step.ctx.user.clone(),
-                    cwd: dir.clone(),
+                    cwd: made,
                     workdir_owned_by_user: true,
                     network: Network::None,
                     mounts: Vec::new(),
