@@ -558,6 +558,25 @@ impl Drop for JobSlot<'_> {
     }
 }
 
+/// The other stages a step reads: `COPY --from=STAGE`, `RUN --mount=...,from=STAGE`.
+fn stage_inputs(step: &Step) -> Vec<StageId> {
+    match &step.op {
+        Op::Copy(c) => match c.from {
+            SourceRef::Stage(id) => vec![id],
+            _ => Vec::new(),
+        },
+        Op::Run(run) => run
+            .mounts
+            .iter()
+            .filter_map(|m| match m.from {
+                Some(SourceRef::Stage(id)) => Some(id),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Whether a step changes the file system (and so gets a progress line).
 fn is_fs_step(op: &Op) -> bool {
     matches!(op, Op::Run(_) | Op::Copy(_) | Op::Add(_) | Op::Workdir(_))
@@ -846,17 +865,17 @@ impl Driver<'_> {
         for (index, step) in stage.steps.iter().enumerate() {
             self.check_running()?;
             let fs = is_fs_step(&step.op);
+            // Numbered now, reported once the step begins (below).
             let vertex = if fs {
                 fs_index += 1;
                 let label = format!(
                     "[{prefix}{fs_index}/{total}] {}",
                     one_line(&step.origin.text)
                 );
-                Some(self.start(first_vertex + fs_index - 1, &label))
+                Some((first_vertex + fs_index - 1, label))
             } else {
                 None
             };
-            let started = Instant::now();
             let run_args = run_args(step, &declared_args);
             if let Op::Arg(pairs) = &step.op {
                 for (name, _) in pairs {
@@ -882,6 +901,16 @@ impl Driver<'_> {
                     .map_err(|e| ExecutorError::Store(Box::new(e)))?,
                 _ => None,
             };
+            // A step that runs and reads another stage begins once that
+            // stage is built: progress shows it from then on. A cache hit
+            // needs nothing of it.
+            if cached.is_none() {
+                for id in stage_inputs(step) {
+                    self.stage_state(id)?;
+                }
+            }
+            let vertex = vertex.map(|(vertex, label)| self.start(vertex, &label));
+            let started = Instant::now();
             if let (Some(recipe), None) = (recipe, &cached) {
                 if self.opts.explain_cache && fs {
                     let reasons = if self.opts.no_cache || filtered {
