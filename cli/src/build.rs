@@ -1020,7 +1020,12 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         ),
         code: 1,
     })?;
-    let context_index = scan_context(&store, &context_dir, Some(&dockerfile), args.verify_context)?;
+    let context_index = std::sync::Arc::new(scan_context(
+        &store,
+        &context_dir,
+        Some(&dockerfile),
+        args.verify_context,
+    )?);
     // forge.toml images with a context of their own: each scanned once.
     let mut stage_contexts = BTreeMap::new();
     for stage in &ir.stages {
@@ -1034,16 +1039,17 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             report: miette::miette!("cannot open the build context {}: {e}", dir.display()),
             code: 1,
         })?;
+        // The build's own context is shared, not scanned again.
         let index = if absolute == context_dir {
-            context_index.clone()
+            std::sync::Arc::clone(&context_index)
         } else {
-            scan_context(&store, &absolute, None, args.verify_context)?
+            std::sync::Arc::new(scan_context(&store, &absolute, None, args.verify_context)?)
         };
         stage_contexts.insert(
             dir.clone(),
             forge_executor::build::StageContext {
                 dir: absolute,
-                index: std::sync::Arc::new(index),
+                index,
             },
         );
     }
@@ -1080,7 +1086,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             .filter(|(k, _)| forge_executor::build::PROXY_ARGS.contains(&k.as_str()))
             .collect(),
         context: Some(context_dir.clone()),
-        context_index: Some(std::sync::Arc::new(context_index)),
+        context_index: Some(context_index),
         stage_contexts,
         no_cache_filter: args.no_cache_filter.clone(),
         explain_cache: args.explain_cache,

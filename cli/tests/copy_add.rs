@@ -194,13 +194,11 @@ fn copy_from_a_named_build_context() {
         "Dockerfile",
         b"FROM base\nCOPY --from=extra / /opt/extra/\nRUN find /opt/extra -type f | sort\n",
     );
+    let named = format!("extra={}", extra.path().display());
     let build = |args: &[&str]| {
-        let ctx = f.context.path().to_str().expect("utf-8");
-        let named = format!("extra={}", extra.path().display());
-        let mut all = vec!["build", "--progress", "plain", "--build-context", &named];
+        let mut all = vec!["--build-context", named.as_str()];
         all.extend_from_slice(args);
-        all.push(ctx);
-        forge(f.home.path(), &all)
+        f.forge_build(&all)
     };
     let out = build(&[]);
     let log = stderr(&out);

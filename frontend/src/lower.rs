@@ -707,10 +707,10 @@ impl<'f, 'r> Lowerer<'f, 'r> {
         // A stage built on another stage (or on another image of a
         // project, which is one) starts with its build args, as BuildKit and
         // buildah carry them over; on an image, with none.
+        let inherited = std::mem::take(&mut config.args);
         let mut args: BTreeMap<String, Option<String>> = if stage_base.or(image_base).is_some() {
-            std::mem::take(&mut config.args)
+            inherited
         } else {
-            config.args.clear();
             BTreeMap::new()
         };
         let initial = context(&config, &args);

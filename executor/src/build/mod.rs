@@ -447,7 +447,7 @@ pub fn build(
                             // (their errors come after this one).
                             crate::sandbox::kill_group(group);
                         }
-                        driver.fail();
+                        driver.wake_waiters();
                     }
                 }
             });
@@ -541,6 +541,12 @@ impl Jobs {
         }
     }
 
+    /// Runs `work` holding a slot (waiting for one).
+    fn run<T>(&self, work: impl FnOnce() -> T) -> T {
+        let _slot = self.acquire();
+        work()
+    }
+
     fn acquire(&self) -> JobSlot<'_> {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         while *free == 0 {
@@ -609,9 +615,9 @@ impl Driver<'_> {
         }
     }
 
-    /// Marks the build failed and wakes every waiting stage, to stop.
-    fn fail(&self) {
-        self.failed.store(true, Ordering::SeqCst);
+    /// Wakes every stage waiting for another one, to see that the build
+    /// failed (`failed` is set) and stop.
+    fn wake_waiters(&self) {
         for slot in &self.results {
             // Under the lock: a waiter between its check and its wait
             // would miss a bare notify.
@@ -817,10 +823,10 @@ impl Driver<'_> {
         };
         let reporter = self.reporter;
         let output = move |line: &str| reporter.event(Event::Output { vertex, line });
-        let slot = self.jobs.acquire();
-        let outcome = self.runner().run_file(&state, &file, &output);
-        drop(slot);
-        match outcome? {
+        match self
+            .jobs
+            .run(|| self.runner().run_file(&state, &file, &output))?
+        {
             Outcome::Done(new) => self.push_layer(vertex, &mut state, new),
             Outcome::Failed { code, tail } => {
                 return Err(ExecutorError::FileAction(format!(
@@ -1467,9 +1473,7 @@ impl Driver<'_> {
         let reporter = self.reporter;
         let v = vertex.unwrap_or(0);
         let output = move |line: &str| reporter.event(Event::Output { vertex: v, line });
-        let slot = self.jobs.acquire();
-        let outcome = runner.run_file(state, file, &output);
-        drop(slot);
+        let outcome = self.jobs.run(|| runner.run_file(state, file, &output));
         let outcome = outcome.map_err(|e| match e {
             ExecutorError::FileAction(msg) => {
                 ExecutorError::FileAction(format!("{}: {msg}", self.step_label(stage, step)))
@@ -1530,10 +1534,7 @@ impl Driver<'_> {
         let reporter = self.reporter;
         let v = vertex.unwrap_or(0);
         let output = move |line: &str| reporter.event(Event::Output { vertex: v, line });
-        let slot = self.jobs.acquire();
-        let outcome = runner.run(state, sandbox_step, &output);
-        drop(slot);
-        match outcome? {
+        match self.jobs.run(|| runner.run(state, sandbox_step, &output))? {
             Outcome::Done(new) => self.add_layer(stage, step, v, state, new),
             Outcome::Failed { code, tail } => Err(ExecutorError::RunFailed {
                 step: self.step_label(stage, step),

@@ -607,19 +607,14 @@ impl Runner<'_> {
         }
         let from = crate::sandbox::fileop::resolve_in_root(&unpacked.0, source)
             .map_err(ExecutorError::FileAction)?;
-        if !from.symlink_metadata().is_ok_and(|m| m.is_dir()) || from == unpacked.0 {
-            if from == unpacked.0 {
-                // The whole image: move the tree itself.
-                return match fs::rename(&unpacked.0, dir) {
-                    Ok(()) => Ok(()),
-                    Err(_) if dir.is_dir() => Ok(()),
-                    Err(e) => Err(io("renaming", dir)(e)),
-                };
-            }
+        if !from.symlink_metadata().is_ok_and(|m| m.is_dir()) {
             return make_cache_dir(base, dir, 0o755, 0, 0);
         }
+        // (The whole image, `source=/`, moves the tree itself; the run dir's
+        // removal then finds nothing.)
         match fs::rename(&from, dir) {
             Ok(()) => Ok(()),
+            // Made meanwhile by another user of the cache.
             Err(_) if dir.is_dir() => Ok(()),
             Err(e) => Err(io("renaming", dir)(e)),
         }

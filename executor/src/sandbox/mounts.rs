@@ -15,7 +15,7 @@ use nix::mount::MsFlags;
 use serde::{Deserialize, Serialize};
 
 use super::fileop::resolve_in_root;
-use super::rootfs::readonly_overlay_options;
+use super::rootfs::mount_layers;
 use super::syscall::Syscall;
 use super::Privilege;
 use crate::ExecutorError;
@@ -343,45 +343,19 @@ pub fn mount_all(
                 subpath,
                 readonly,
             } => {
-                match (lower_dirs.as_slice(), upper) {
-                    ([], _) => {
-                        return Err(ExecutorError::InvalidSpec(
-                            "an image mount needs a lower dir".into(),
-                        ))
-                    }
-                    ([one], None) => sys.mount(
-                        Some(one),
-                        stage,
-                        None,
-                        MsFlags::MS_BIND | MsFlags::MS_REC,
-                        None,
-                    )?,
-                    (lowers, upper) => {
-                        // Read-only: two lowers or more (one is bound above).
-                        // Writable: one lower is enough.
-                        let overlay = readonly_overlay_options(lowers, privilege)?;
-                        let (data, flags) = match upper {
-                            Some((up, work)) => (
-                                format!(
-                                    "{},upperdir={},workdir={}",
-                                    overlay.data,
-                                    up.display(),
-                                    work.display()
-                                ),
-                                MsFlags::empty(),
-                            ),
-                            None => (overlay.data, MsFlags::MS_RDONLY),
-                        };
-                        sys.chdir(&overlay.dir)?;
-                        sys.mount(
-                            Some(Path::new("overlay")),
-                            stage,
-                            Some("overlay"),
-                            flags,
-                            Some(&data),
-                        )?;
-                    }
+                if lower_dirs.is_empty() {
+                    return Err(ExecutorError::InvalidSpec(
+                        "an image mount needs a lower dir".into(),
+                    ));
                 }
+                mount_layers(
+                    sys,
+                    lower_dirs,
+                    upper.as_ref(),
+                    stage,
+                    privilege,
+                    std::convert::identity,
+                )?;
                 let source = resolve_in_root(stage, subpath).map_err(ExecutorError::InvalidSpec)?;
                 mount_point(sys, &source, &target)?;
                 bind(sys, &source, &target, *readonly)?;

@@ -273,33 +273,67 @@ pub fn setup_action_mounts(
     )?;
     mount_root(sys, spec, privilege)?;
     for source in sources {
-        let Some(lowers) = &source.mount else {
-            continue;
-        };
-        match lowers.as_slice() {
-            [] => {}
-            [one] => sys.mount(
-                Some(one),
+        match &source.mount {
+            Some(lowers) if !lowers.is_empty() => mount_layers(
+                sys,
+                lowers,
+                None,
                 &source.dir,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None,
+                privilege,
+                overlay_unavailable,
             )?,
-            _ => {
-                let overlay = readonly_overlay_options(lowers, privilege)?;
-                sys.chdir(&overlay.dir)?;
-                sys.mount(
-                    Some(Path::new("overlay")),
-                    &source.dir,
-                    Some("overlay"),
-                    MsFlags::MS_RDONLY,
-                    Some(&overlay.data),
-                )
-                .map_err(overlay_unavailable)?;
-            }
+            _ => {}
         }
     }
     Ok(())
+}
+
+/// Mounts an image's layer snapshots (bottom first, at least one) on
+/// `target`: a recursive bind of a single one, else an overlayfs of them,
+/// read-only, or with `upper` (upper dir, work dir) writable, its changes
+/// going there. A failed overlay mount goes through `overlay_error` (a file
+/// action's falls back to copying; a RUN mount's is an error as it is).
+pub fn mount_layers(
+    sys: &dyn Syscall,
+    lowers: &[PathBuf],
+    upper: Option<&(PathBuf, PathBuf)>,
+    target: &Path,
+    privilege: Privilege,
+    overlay_error: fn(ExecutorError) -> ExecutorError,
+) -> Result<(), ExecutorError> {
+    if let ([one], None) = (lowers, upper) {
+        return sys.mount(
+            Some(one),
+            target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        );
+    }
+    // Read-only: two lowers or more (one is bound above). Writable: one
+    // lower is enough.
+    let overlay = readonly_overlay_options(lowers, privilege)?;
+    let (data, flags) = match upper {
+        Some((up, work)) => (
+            format!(
+                "{},upperdir={},workdir={}",
+                overlay.data,
+                up.display(),
+                work.display()
+            ),
+            MsFlags::empty(),
+        ),
+        None => (overlay.data, MsFlags::MS_RDONLY),
+    };
+    sys.chdir(&overlay.dir)?;
+    sys.mount(
+        Some(Path::new("overlay")),
+        target,
+        Some("overlay"),
+        flags,
+        Some(&data),
+    )
+    .map_err(overlay_error)
 }
 
 /// `root` joined with an absolute in-container path.
