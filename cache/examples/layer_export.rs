@@ -53,6 +53,7 @@ fn export(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         level,
         threads,
         source_date_epoch: 0,
+        ..LayerOptions::default()
     };
     let start = Instant::now();
     let info = match args.get(4) {

@@ -49,9 +49,9 @@
 //!
 //! # xattrs
 //!
-//! Opaque directories are marked in one xattr namespace, by default
-//! `trusted.overlay.*` ([`OverlayXattrs`]); overlayfs mounted with `userxattr`
-//! (in a user namespace) reads `user.overlay.*` instead. All snapshots of a
+//! Opaque directories are marked in one xattr namespace ([`OverlayXattrs`]):
+//! `trusted.overlay.*` for root, `user.overlay.*` for a rootless forge, whose
+//! sandboxes mount overlayfs with `userxattr` (in a user namespace). All snapshots of a
 //! store must use the namespace their mounts read
 //! ([`Snapshots::with_xattrs`]).
 
@@ -164,13 +164,20 @@ impl Snapshots {
         Snapshots {
             dir: absolute(store.root().join("forge").join("v1").join("snapshots")),
             tmp: absolute(store.tmp_dir()),
-            xattrs: OverlayXattrs::default(),
+            // Only root in the initial user namespace can set `trusted.*`;
+            // a sandbox in a user namespace mounts with `userxattr`.
+            xattrs: if crate::layer::fully_privileged() {
+                OverlayXattrs::Trusted
+            } else {
+                OverlayXattrs::User
+            },
             limits: ApplyLimits::default(),
         }
     }
 
     /// The same snapshots, with opaque directories of newly extracted layers
-    /// marked in this xattr namespace (default [`OverlayXattrs::Trusted`]).
+    /// marked in this xattr namespace (default: [`OverlayXattrs::Trusted`]
+    /// for root, [`OverlayXattrs::User`] otherwise).
     pub fn with_xattrs(mut self, xattrs: OverlayXattrs) -> Snapshots {
         self.xattrs = xattrs;
         self
@@ -318,6 +325,7 @@ impl Snapshots {
             limits: self.limits,
             whiteouts: WhiteoutMode::Overlay(self.xattrs),
             hash: true,
+            ..ExtractOptions::default()
         };
         let stats = extract_layer(&mut reader, dir, &opts).map_err(extract_error)?;
         // The decompressor may stop before the end of the blob; the blob's

@@ -14,9 +14,10 @@ use std::process::{Command, Stdio};
 
 use common::{assert_sentinel_intact, describe_tree, end, is_root, noise, raw_entry, walk};
 use forge_cache::layer::{
-    apply_layer, compress_tar, decompress, detect, write_changes_layer, write_dir_layer,
-    write_planned_layer, ApplyLimits, Change, Compression, DetectedCompression, LayerError,
-    LayerInfo, LayerOptions, PlannedEntry, PlannedKind,
+    apply_layer, compress_tar, decompress, detect, extract_layer, write_changes_layer,
+    write_dir_layer, write_planned_layer, ApplyLimits, Change, Compression, DetectedCompression,
+    ExtractOptions, LayerError, LayerInfo, LayerOptions, Owners, PlannedEntry, PlannedKind,
+    OWNER_XATTR,
 };
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::sys::time::TimeSpec;
@@ -167,6 +168,7 @@ fn opts(compression: Compression, threads: usize) -> LayerOptions {
         level: None,
         threads,
         source_date_epoch: 0,
+        ..LayerOptions::default()
     }
 }
 
@@ -391,6 +393,98 @@ fn entries_round_trip_through_write_and_apply() {
         assert_eq!(again_info.digest, info.digest, "{c:?} re-export");
         assert_eq!(again, blob);
     }
+}
+
+/// `name uid:gid` of each entry of a plain tar, and whether any entry
+/// carries forge's owner xattr.
+fn tar_owners(tar_bytes: &[u8]) -> (Vec<String>, bool) {
+    let mut ar = tar::Archive::new(tar_bytes);
+    let mut owner_xattr = false;
+    let mut out = Vec::new();
+    for e in ar.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        if let Ok(Some(exts)) = e.pax_extensions() {
+            for ext in exts.flatten() {
+                owner_xattr |= ext.key_bytes().ends_with(OWNER_XATTR.as_bytes());
+            }
+        }
+        let h = e.header();
+        out.push(format!(
+            "{} {}:{}",
+            String::from_utf8_lossy(&e.path_bytes()),
+            h.uid().expect("uid"),
+            h.gid().expect("gid")
+        ));
+    }
+    (out, owner_xattr)
+}
+
+/// A rootless forge: the on-disk root is its own uid, other owners are in
+/// `user.forge.owner`; the layer has the image owners and never the xattr,
+/// and extracting it the same way gives the same layer back.
+#[test]
+fn rootless_owners_live_in_an_xattr_and_never_in_the_layer() {
+    if !is_root() {
+        return; // the tree needs files of two owners
+    }
+    let src = tempfile::tempdir().expect("tempdir");
+    let dir = src.path();
+    fs::create_dir(dir.join("d")).expect("mkdir");
+    fs::write(dir.join("d/kept"), b"k").expect("write");
+    fs::write(dir.join("mine"), b"m").expect("write");
+    fs::write(dir.join("other"), b"o").expect("write");
+    for p in [dir.join("d"), dir.join("d/kept"), dir.join("mine")] {
+        std::os::unix::fs::lchown(&p, Some(1234), Some(1234)).expect("chown");
+    }
+    xattr::set(dir.join("d/kept"), OWNER_XATTR, b"5:6").expect("setxattr");
+    for entry in walk(dir) {
+        set_mtime(&entry, 0);
+    }
+    let rootless = Owners::InXattr {
+        uid: 1234,
+        gid: 1234,
+        max_id: 0,
+    };
+    let o = LayerOptions {
+        owners: rootless,
+        ..opts(Compression::None, 1)
+    };
+    let (blob, _) = write_layer(dir, &o);
+    let (owners, has_xattr) = tar_owners(&blob);
+    assert_eq!(
+        owners,
+        ["d/ 0:0", "d/kept 5:6", "mine 0:0", "other 65534:65534"],
+        "the on-disk root is 0, the xattr's owner wins, anyone else is nobody"
+    );
+    assert!(!has_xattr, "the owner xattr is forge's own: never exported");
+
+    // Extracted by the same (as if rootless) forge: nothing is chowned to
+    // another id; the owners go back in the xattr and the layer comes back.
+    let dst = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::lchown(dst.path(), Some(1234), Some(1234)).expect("chown");
+    let extract = ExtractOptions {
+        owners: rootless,
+        ..ExtractOptions::default()
+    };
+    extract_layer(&mut &blob[..], dst.path(), &extract).expect("extract");
+    let kept = fs::symlink_metadata(dst.path().join("d/kept")).expect("stat");
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::uid(&kept),
+            std::os::unix::fs::MetadataExt::gid(&kept)
+        ),
+        (1234, 1234)
+    );
+    assert_eq!(
+        xattr::get(dst.path().join("d/kept"), OWNER_XATTR).expect("getxattr"),
+        Some(b"5:6".to_vec())
+    );
+    assert_eq!(
+        xattr::get(dst.path().join("mine"), OWNER_XATTR).expect("getxattr"),
+        None
+    );
+    let (again, _) = write_layer(dst.path(), &o);
+    assert_eq!(again, blob);
 }
 
 /// A fake overlay upper dir: whiteout devices and an opaque dir.

@@ -30,6 +30,7 @@ fn opts(compression: Compression) -> LayerOptions {
         level: None,
         threads: 2,
         source_date_epoch: 0,
+        ..LayerOptions::default()
     }
 }
 

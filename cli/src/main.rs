@@ -154,6 +154,11 @@ fn main() -> ExitCode {
         forge_executor::sandbox::sandbox_main();
     }
     let cli = Cli::parse();
+    // Rootless with subordinate ids: the work happens in a user namespace
+    // that maps them (still single-threaded here).
+    if let Some(code) = forge_executor::sandbox::userns::reexec_with_subids() {
+        return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

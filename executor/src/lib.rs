@@ -29,6 +29,9 @@
 //!    [| NEWUSER when rootless])`. Rootless (forge's euid is not 0): the
 //!    sandbox sends one NUL byte; `run` writes `/proc/PID/uid_map` `0 EUID 1`,
 //!    `setgroups` `deny`, `gid_map` `0 EGID 1` and answers with a NUL byte.
+//!    A forge that re-executed itself in a user namespace with a subordinate
+//!    id range ([`sandbox::userns`], [`sandbox::Privilege::Namespaced`]) is
+//!    root there: its sandboxes unshare no user namespace of their own.
 //! 3. `fork`: the intermediate process waits and exits with the child's code
 //!    (`128 + n` for signal `n`); the child is PID 1 of the new PID namespace and
 //!    sets `PR_SET_PDEATHSIG(SIGKILL)` too.
@@ -61,7 +64,9 @@
 //!    uid not in passwd is fine (gid 0, home `/`); supplementary groups are
 //!    the `/etc/group` entries listing the user's name, used only when no group
 //!    is given; `HOME` is set to the passwd home (or `/`) when the environment
-//!    has none. Rootless builds can only run as 0:0 (the only mapped ids).
+//!    has none. Rootless builds without a subordinate id range can only run
+//!    as 0:0 (the only mapped ids; the error says how to add a range); with
+//!    one, as any ids up to its end.
 //! 7. **WORKDIR**: the missing directories of `cwd` are created, mode 0755,
 //!    owned by the user's uid:gid when [`sandbox::RunSpec::workdir_owner_is_user`]
 //!    is set (BuildKit's `llb.Mkdir(wd, 0755, WithParents, WithUser)`), by root
@@ -161,10 +166,13 @@
 //! # Not done yet
 //!
 //! - No `no_new_privs`, no seccomp profile, no AppArmor/SELinux.
-//! - Rootless builds map only forge's own uid and gid (to 0): `USER` other than
-//!   root, and files owned by other ids in the lowers (they show as
-//!   `nobody`), need a full `/etc/subuid` range through `newuidmap`, which is
-//!   not done. Supplementary groups are not set rootless (as runc).
+//! - Rootless without a `/etc/subuid` range, sandboxes map only forge's own
+//!   uid and gid (to 0): `USER` other than root and `RUN chown` to another
+//!   id fail, files of other owners show as root inside the sandbox (their
+//!   image owners are kept in `user.forge.owner` xattrs, see
+//!   [`forge_cache::layer::Owners`]) and supplementary groups are not set
+//!   (as runc). With a range, forge runs in a user namespace that maps it
+//!   ([`sandbox::userns`]) and none of this applies up to the range's end.
 //! - No `/sys` mount (so `/sys/firmware` masking is moot), no cgroup namespace,
 //!   no rlimits.
 //! - Bind mounts over a lower `/etc/resolv.conf` that is a symlink follow it

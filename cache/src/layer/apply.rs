@@ -16,6 +16,7 @@ use nix::sys::time::TimeSpec;
 use sha2::{Digest as _, Sha256};
 
 use super::detect::{in_process, peek, DetectedCompression};
+use super::owners::{is_owner_xattr, Owners};
 use super::LayerError;
 use crate::Sha256Digest;
 
@@ -106,6 +107,9 @@ pub struct ExtractOptions {
     pub whiteouts: WhiteoutMode,
     /// Compute the sha256 of the uncompressed stream ([`ApplyStats::diff_id`]).
     pub hash: bool,
+    /// How entries' owners are given to the files (`chown`, or an xattr for
+    /// a rootless forge).
+    pub owners: Owners,
 }
 
 /// Feeds what is read through sha256 (when asked).
@@ -255,7 +259,8 @@ pub fn extract_layer(
         whited: HashSet::new(),
         dir_times: Vec::new(),
         stats: ApplyStats::default(),
-        is_root: nix::unistd::geteuid().is_root(),
+        is_root: super::owners::fully_privileged(),
+        owners: opts.owners,
         current: String::new(),
     };
     let mut archive = tar::Archive::new(counted);
@@ -302,6 +307,7 @@ struct Applier {
     dir_times: Vec<(PathBuf, i64)>,
     stats: ApplyStats,
     is_root: bool,
+    owners: Owners,
     /// The entry being applied, for errors.
     current: String,
 }
@@ -787,13 +793,14 @@ impl Applier {
             u32::try_from(uid).unwrap_or(u32::MAX),
             u32::try_from(gid).unwrap_or(u32::MAX),
         );
-        if let Err(e) = std::os::unix::fs::lchown(dest, Some(uid), Some(gid)) {
-            // Rootless: files end up owned by the caller.
-            if self.is_root || e.kind() != io::ErrorKind::PermissionDenied {
-                return Err(self.io_err()(e));
-            }
-        }
+        self.owners
+            .set(dest, symlink, (uid, gid))
+            .map_err(self.io_err())?;
         for (name, value) in xattrs {
+            if is_owner_xattr(name) {
+                // forge's own: a layer cannot choose an owner this way.
+                continue;
+            }
             if let Err(e) = xattr::set(dest, OsStr::from_bytes(name), value) {
                 let unsupported = e.raw_os_error() == Some(nix::libc::ENOTSUP);
                 let privileged = !name.starts_with(b"user.");

@@ -105,6 +105,7 @@
 mod apply;
 mod compress;
 mod detect;
+mod owners;
 mod tarfmt;
 mod write;
 
@@ -118,6 +119,7 @@ pub use apply::{
 };
 pub use compress::GZIP_CHUNK;
 pub use detect::{decompress, detect, DetectedCompression};
+pub use owners::{fully_privileged, Owners, OWNER_XATTR};
 
 use crate::Sha256Digest;
 
@@ -180,6 +182,8 @@ pub struct LayerOptions {
     pub threads: usize,
     /// Timestamps later than this (seconds since the epoch) are clamped to it.
     pub source_date_epoch: u64,
+    /// How the owners of the files read become the layer's owners.
+    pub owners: Owners,
 }
 
 impl Default for LayerOptions {
@@ -189,6 +193,7 @@ impl Default for LayerOptions {
             level: None,
             threads: 0,
             source_date_epoch: 0,
+            owners: Owners::of_this_process(),
         }
     }
 }
@@ -424,7 +429,7 @@ pub fn write_changes_layer(
     opts: &LayerOptions,
     out: &mut dyn Write,
 ) -> Result<LayerInfo, LayerError> {
-    let items = write::plan_changes(root, changes)?;
+    let items = write::plan_changes(opts.owners, root, changes)?;
     compress::run(opts, out, |tw| write::write_items(items, opts, tw))
 }
 
@@ -503,9 +508,9 @@ pub struct PlannedEntry {
     pub kind: PlannedKind,
     /// Permission bits (with setuid, setgid and sticky).
     pub mode: u32,
-    /// Owner.
+    /// Owner (the image's: see [`Owners::image_owner`] for a file on disk).
     pub uid: u32,
-    /// Group.
+    /// Group (the image's).
     pub gid: u32,
     /// Modification time in seconds (clamped to `SOURCE_DATE_EPOCH` as
     /// every entry is).

@@ -9,6 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::compress::TarSink;
+use super::owners::{is_owner_xattr, Owners};
 use super::tarfmt::{self, kind, Header, Xattrs};
 use super::{Change, LayerError, LayerOptions, PlannedEntry, PlannedKind};
 
@@ -21,9 +22,10 @@ pub(crate) enum Item {
     /// A file, directory, link or node on disk.
     Disk(PathBuf, Metadata),
     /// A whiteout `.wh.NAME` (from an overlay `0:0` device or a deletion),
-    /// with the device's owner.
+    /// with the device's image owner.
     Whiteout { uid: u32, gid: u32 },
-    /// A `.wh..wh..opq` marker, with its directory's permission bits and owner.
+    /// A `.wh..wh..opq` marker, with its directory's permission bits and image
+    /// owner.
     Opaque { mode: u32, uid: u32, gid: u32 },
     /// An entry whose metadata is given.
     Planned(PlannedEntry),
@@ -31,6 +33,7 @@ pub(crate) enum Item {
 
 struct State {
     sde: u64,
+    owners: Owners,
     /// First tar name of each multiply-linked inode.
     links: HashMap<(u64, u64), Vec<u8>>,
 }
@@ -39,6 +42,7 @@ impl State {
     fn new(opts: &LayerOptions) -> Self {
         Self {
             sde: opts.source_date_epoch,
+            owners: opts.owners,
             links: HashMap::new(),
         }
     }
@@ -55,18 +59,17 @@ fn read_err(path: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
     }
 }
 
-fn whiteout_item(device: &Metadata) -> Item {
-    Item::Whiteout {
-        uid: device.uid(),
-        gid: device.gid(),
-    }
+fn whiteout_item(owners: Owners, path: &Path, device: &Metadata) -> Item {
+    let (uid, gid) = owners.image_owner(path, device);
+    Item::Whiteout { uid, gid }
 }
 
-fn opaque_item(dir: &Metadata) -> Item {
+fn opaque_item(owners: Owners, path: &Path, dir: &Metadata) -> Item {
+    let (uid, gid) = owners.image_owner(path, dir);
     Item::Opaque {
         mode: dir.mode() & 0o777,
-        uid: dir.uid(),
-        gid: dir.gid(),
+        uid,
+        gid,
     }
 }
 
@@ -88,6 +91,7 @@ fn read_xattrs(path: &Path) -> Result<Xattrs, LayerError> {
         // Skipped before reading their values: overlayfs puts
         // `trusted.overlay.origin` on every file it copies up.
         if key == b"security.selinux"
+            || is_owner_xattr(key)
             || key.starts_with(b"trusted.overlay.")
             || key.starts_with(b"user.overlay.")
         {
@@ -153,12 +157,13 @@ fn emit_disk(
             }
         }
     }
+    let (uid, gid) = st.owners.image_owner(path, meta);
     let mut h = Header {
         name,
         kind: kind::FILE,
         mode: meta.mode() & 0o7777,
-        uid: u64::from(meta.uid()),
-        gid: u64::from(meta.gid()),
+        uid: uid.into(),
+        gid: gid.into(),
         size: 0,
         mtime: st.clamp(meta.mtime()),
         link: &[],
@@ -352,7 +357,7 @@ fn walk(
     st: &mut State,
     dir: &Path,
     prefix: &mut Vec<u8>,
-    opaque: Option<&Metadata>,
+    opaque: Option<(&Path, &Metadata)>,
 ) -> Result<(), LayerError> {
     let mut children: Vec<(Vec<u8>, Item)> = Vec::new();
     for entry in fs::read_dir(dir).map_err(read_err(dir))? {
@@ -364,7 +369,7 @@ fn walk(
         if is_overlay_whiteout(&meta) {
             let mut key = WHITEOUT_PREFIX.to_vec();
             key.extend_from_slice(name);
-            children.push((key, whiteout_item(&meta)));
+            children.push((key, whiteout_item(st.owners, &path, &meta)));
             continue;
         }
         let mut key = name.to_vec();
@@ -373,8 +378,11 @@ fn walk(
         }
         children.push((key, Item::Disk(path, meta)));
     }
-    if let Some(dir_meta) = opaque {
-        children.push((OPAQUE_MARKER.to_vec(), opaque_item(dir_meta)));
+    if let Some((dir_path, dir_meta)) = opaque {
+        children.push((
+            OPAQUE_MARKER.to_vec(),
+            opaque_item(st.owners, dir_path, dir_meta),
+        ));
     }
     children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for (key, item) in children {
@@ -383,7 +391,7 @@ fn walk(
         emit_item(tw, st, prefix, &item)?;
         if let Item::Disk(path, meta) = &item {
             if meta.is_dir() {
-                let child_opaque = is_opaque_dir(path).then_some(meta);
+                let child_opaque = is_opaque_dir(path).then_some((path.as_path(), meta));
                 walk(tw, st, path, prefix, child_opaque)?;
             }
         }
@@ -429,6 +437,7 @@ fn join_name(comps: &[&OsStr]) -> Vec<u8> {
 /// Add the parent directories of `comps` (as they are on disk) to the plan.
 /// `Ok(false)` if one does not exist.
 fn plan_parents(
+    owners: Owners,
     root: &Path,
     comps: &[&OsStr],
     change: &Path,
@@ -456,7 +465,7 @@ fn plan_parents(
             if is_opaque_dir(&path) {
                 let mut marker = key.clone();
                 marker.extend_from_slice(OPAQUE_MARKER);
-                plan.insert(marker, opaque_item(&meta));
+                plan.insert(marker, opaque_item(owners, &path, &meta));
             }
             plan.insert(key, Item::Disk(path, meta));
         }
@@ -467,6 +476,7 @@ fn plan_parents(
 /// Sort and complete a change list into the entries of the layer, keyed (and so
 /// ordered) by tar name.
 pub(crate) fn plan_changes(
+    owners: Owners,
     root: &Path,
     changes: &[Change],
 ) -> Result<BTreeMap<Vec<u8>, Item>, LayerError> {
@@ -482,7 +492,7 @@ pub(crate) fn plan_changes(
         match change {
             Change::Upsert(p) | Change::Opaque(p) => {
                 let comps = change_components(p)?;
-                if !plan_parents(root, &comps, p, &mut plan)? {
+                if !plan_parents(owners, root, &comps, p, &mut plan)? {
                     return Err(LayerError::InvalidChange {
                         path: p.clone(),
                         reason: "a parent directory does not exist",
@@ -497,7 +507,7 @@ pub(crate) fn plan_changes(
                 if is_overlay_whiteout(&meta) {
                     let split = key.iter().rposition(|b| *b == b'/').map_or(0, |i| i + 1);
                     key.splice(split..split, WHITEOUT_PREFIX.iter().copied());
-                    plan.insert(key, whiteout_item(&meta));
+                    plan.insert(key, whiteout_item(owners, &path, &meta));
                     continue;
                 }
                 let opaque = matches!(change, Change::Opaque(_));
@@ -512,14 +522,14 @@ pub(crate) fn plan_changes(
                     if opaque || is_opaque_dir(&path) {
                         let mut marker = key.clone();
                         marker.extend_from_slice(OPAQUE_MARKER);
-                        plan.insert(marker, opaque_item(&meta));
+                        plan.insert(marker, opaque_item(owners, &path, &meta));
                     }
                 }
                 plan.insert(key, Item::Disk(path, meta));
             }
             Change::Delete(p) => {
                 let comps = change_components(p)?;
-                if !plan_parents(root, &comps, p, &mut plan)? {
+                if !plan_parents(owners, root, &comps, p, &mut plan)? {
                     // Fine if an ancestor is deleted too: its whiteout covers this.
                     let covered =
                         (1..comps.len()).any(|n| deleted.contains(&join_name(&comps[..n])));

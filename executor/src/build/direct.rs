@@ -27,7 +27,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use forge_cache::layer::{PlannedEntry, PlannedKind};
+use forge_cache::layer::{Owners, PlannedEntry, PlannedKind};
 
 use super::files::{FileFrom, FileSource, FileStep};
 use crate::sandbox::fileop;
@@ -43,6 +43,8 @@ const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque
 pub(super) struct Union {
     /// Snapshot directories, top layer first.
     lowers: Vec<PathBuf>,
+    /// How their files' owners are the image's (this process extracted them).
+    owners: Owners,
 }
 
 /// What a path is in the parent image.
@@ -69,7 +71,10 @@ impl Union {
     /// options list them the other way round).
     pub(super) fn new(mut lowers: Vec<PathBuf>) -> Self {
         lowers.reverse();
-        Self { lowers }
+        Self {
+            lowers,
+            owners: Owners::of_this_process(),
+        }
     }
 
     /// What `comps` (a path from the root) is, overlayfs's way: the topmost
@@ -204,13 +209,14 @@ impl Plan<'_> {
             if !meta.is_dir() {
                 return Err(GiveUp);
             }
+            let (uid, gid) = self.union.owners.image_owner(&path, &meta);
             self.entries.insert(
                 name.clone(),
                 PlannedEntry {
                     kind: PlannedKind::Dir,
                     mode: meta.mode() & 0o7777,
-                    uid: meta.uid(),
-                    gid: meta.gid(),
+                    uid,
+                    gid,
                     mtime: meta.mtime(),
                     xattrs_from: Some(path),
                 },

@@ -917,6 +917,7 @@ impl Runner<'_> {
             limits: ApplyLimits::default(),
             whiteouts: WhiteoutMode::Apply,
             hash: true,
+            ..ExtractOptions::default()
         };
         let stats = extract_layer(&mut reader, root, &opts).map_err(layer_err)?;
         // The blob's digest is checked when its reader reaches the end.
@@ -948,7 +949,7 @@ fn make_cache_dir(
     let made = (|| {
         fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io("chmod", &tmp))?;
         // Rootless, only forge's own ids exist (as 0:0 in the sandbox).
-        if sandbox::Privilege::current() == sandbox::Privilege::Root {
+        if sandbox::Privilege::current() != sandbox::Privilege::Rootless {
             nix::unistd::chown(
                 &tmp,
                 Some(nix::unistd::Uid::from_raw(uid)),

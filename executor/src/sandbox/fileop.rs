@@ -64,6 +64,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use forge_cache::layer::Owners;
 use forge_context::{MatchInfo, PatternMatcher};
 use serde::{Deserialize, Serialize};
 
@@ -395,6 +396,8 @@ fn walk_matches(
 
 /// The copier: owner, mode and hard-link state of one action.
 struct Copier {
+    /// How owners are given (an xattr rootless: see [`Owners`]).
+    owners: Owners,
     chown: Option<(u32, u32)>,
     chmod: Option<u32>,
     /// `(dev, inode)` of a multiply-linked source file → where it was copied.
@@ -426,8 +429,9 @@ impl Copier {
             }
             fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
                 .map_err(err("setting the mode of", dir))?;
-            let (uid, gid) = self.chown.unwrap_or((0, 0));
-            std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).map_err(err("chown", dir))?;
+            self.owners
+                .set(dir, false, self.chown.unwrap_or((0, 0)))
+                .map_err(err("chown", dir))?;
         }
         Ok(())
     }
@@ -507,7 +511,7 @@ impl Copier {
             }
         }
         if copy_info {
-            self.copy_info(source, &meta, target)?;
+            self.copy_info(source, src, &meta, target)?;
         }
         Ok(())
     }
@@ -517,15 +521,18 @@ impl Copier {
     fn copy_info(
         &self,
         source: &Source<'_>,
+        src: &Path,
         meta: &fs::Metadata,
         target: &Path,
     ) -> Result<(), String> {
-        let (uid, gid) = match self.chown {
+        let owner = match self.chown {
             Some(ids) => ids,
-            None if source.keep_owner => (meta.uid(), meta.gid()),
+            None if source.keep_owner => self.owners.image_owner(src, meta),
             None => (0, 0),
         };
-        std::os::unix::fs::lchown(target, Some(uid), Some(gid)).map_err(err("chown", target))?;
+        self.owners
+            .set(target, meta.file_type().is_symlink(), owner)
+            .map_err(err("chown", target))?;
         if !meta.file_type().is_symlink() {
             let mut mode = meta.mode() & 0o7777;
             if let Some(chmod) = self.chmod {
@@ -624,8 +631,9 @@ fn is_archive(path: &Path) -> bool {
 }
 
 /// Performs `action` in the step's root `root` (a host path: the merged
-/// overlay or the prepared directory). The error is a message for the user.
-pub fn perform(root: &Path, action: &FileAction) -> Result<(), String> {
+/// overlay or the prepared directory), giving files their owners as `owners`
+/// says. The error is a message for the user.
+pub fn perform(root: &Path, action: &FileAction, owners: Owners) -> Result<(), String> {
     let chown = match &action.chown {
         Some(spec) => Some(user::resolve_chown(
             spec,
@@ -635,6 +643,7 @@ pub fn perform(root: &Path, action: &FileAction) -> Result<(), String> {
         None => None,
     };
     let mut copier = Copier {
+        owners,
         chown,
         chmod: action.chmod,
         links: HashMap::new(),
@@ -970,7 +979,7 @@ impl Copier {
             result?;
         }
         if include && (created || at.overwrite) {
-            self.copy_info(source, &meta, at.target)?;
+            self.copy_info(source, at.src, &meta, at.target)?;
         }
         Ok(())
     }
@@ -991,7 +1000,7 @@ impl Copier {
             match fs::symlink_metadata(&dir.target) {
                 Err(_) => {
                     fs::create_dir(&dir.target).map_err(err("creating", &dir.target))?;
-                    self.copy_info(source, &meta, &dir.target)?;
+                    self.copy_info(source, &dir.src, &meta, &dir.target)?;
                 }
                 Ok(t) if !t.is_dir() => {
                     return Err(format!(
@@ -1047,7 +1056,7 @@ fn merge(
         for name in sorted_entries(src)? {
             merge(copier, source, &src.join(&name), &target.join(&name))?;
         }
-        return copier.copy_info(source, &meta, target);
+        return copier.copy_info(source, src, &meta, target);
     }
     // A multiply-linked file is copied, so its links are made as the copier
     // makes them.
@@ -1074,8 +1083,12 @@ fn unpack(
         forge_cache::layer::decompress(file)
             .map_err(|e| format!("reading archive {}: {e}", archive.display()))
     };
+    let options = forge_cache::layer::ExtractOptions {
+        owners: copier.owners,
+        ..Default::default()
+    };
     let extract = |reader: &mut dyn Read, into: &Path| {
-        forge_cache::layer::apply_layer(reader, into, &forge_cache::layer::ApplyLimits::default())
+        forge_cache::layer::extract_layer(reader, into, &options)
             .map(|_| ())
             .map_err(|e| format!("extracting {}: {}", archive.display(), error_chain(&e)))
     };
@@ -1200,7 +1213,7 @@ mod tests {
             chmod: None,
             scratch: scratch.path().to_path_buf(),
         };
-        perform(root.path(), &action)?;
+        perform(root.path(), &action, Owners::OnDisk)?;
         Ok(files_under(&root.path().join("d")))
     }
 

@@ -7,6 +7,7 @@ mod rootfs;
 mod syscall;
 mod unsafe_ops;
 pub mod user;
+pub mod userns;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -64,28 +65,62 @@ pub enum Network {
 }
 
 /// Whether the sandbox needs a user namespace; decided by [`run`] from forge's
-/// effective uid.
+/// effective uid and its user namespace's id map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Privilege {
-    /// forge runs as root: no user namespace; ids are the host's.
+    /// forge runs as root of the initial user namespace: no user namespace;
+    /// ids are the host's.
     Root,
     /// forge runs as another user: the sandbox also unshares a user namespace
     /// in which forge's uid and gid are mapped to 0 (and nothing else, so a
     /// RUN can only run as root), `setgroups` is denied, and overlayfs is
     /// mounted with `userxattr` (opaque dirs carry `user.overlay.opaque`).
     Rootless,
+    /// forge is root of a user namespace that maps forge's user to 0 and its
+    /// `/etc/subuid` and `/etc/subgid` ranges to `1..=N` (it re-executed
+    /// itself there, see [`crate::userns`]): the sandbox needs no user
+    /// namespace of its own, a RUN may use any id up to N, and overlayfs is
+    /// mounted with `userxattr` as rootless.
+    Namespaced,
 }
 
 impl Privilege {
-    /// [`Privilege::Root`] if the effective uid is 0, else
+    /// [`Privilege::Root`] if forge is fully privileged
+    /// ([`forge_cache::layer::fully_privileged`]), [`Privilege::Namespaced`]
+    /// if it is root of a partial user namespace, else
     /// [`Privilege::Rootless`].
     pub fn current() -> Self {
-        if nix::unistd::geteuid().is_root() {
+        if forge_cache::layer::fully_privileged() {
             Privilege::Root
+        } else if nix::unistd::geteuid().is_root() {
+            Privilege::Namespaced
         } else {
             Privilege::Rootless
         }
+    }
+
+    /// How the sandbox gives files their owners, seen from inside it: as
+    /// they are for root; rootless, the namespace's root (0:0, forge's ids
+    /// outside) owns every file and other owners go in the
+    /// `user.forge.owner` xattr; in forge's namespace, ids up to its range's
+    /// end are real (see [`forge_cache::layer::Owners`]).
+    pub fn owners_inside(self) -> forge_cache::layer::Owners {
+        match self {
+            Privilege::Root => forge_cache::layer::Owners::OnDisk,
+            Privilege::Rootless => forge_cache::layer::Owners::InXattr {
+                uid: 0,
+                gid: 0,
+                max_id: 0,
+            },
+            Privilege::Namespaced => forge_cache::layer::Owners::of_this_process(),
+        }
+    }
+
+    /// Whether overlayfs must be mounted with `userxattr` (any user
+    /// namespace but the initial one).
+    pub fn userxattr(self) -> bool {
+        self != Privilege::Root
     }
 }
 
@@ -942,7 +977,7 @@ fn perform_action(
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(sys("prctl(PR_SET_PDEATHSIG)"))?;
     setup_action_mounts(&RealSyscall, spec, &action.sources, privilege)?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    fileop::perform(&spec.merged_dir, action).map_err(Failure::Action)
+    fileop::perform(&spec.merged_dir, action, privilege.owners_inside()).map_err(Failure::Action)
 }
 
 /// PID 1 of the new PID namespace: builds the rootfs and execs the command
@@ -974,9 +1009,25 @@ fn container_init(
     if privilege == Privilege::Rootless && (exec_user.uid, exec_user.gid) != (0, 0) {
         return Err(Failure::Message(format!(
             "USER {:?} (uid {}, gid {}) cannot be used in a rootless build: only root (0:0) \
-             is mapped in its user namespace",
+             is mapped in its user namespace (give your user a range of subordinate ids in \
+             /etc/subuid and /etc/subgid, e.g. `usermod --add-subuids 100000-165535 \
+             --add-subgids 100000-165535 USER`, and install newuidmap/newgidmap (Debian: uidmap))",
             spec.user, exec_user.uid, exec_user.gid
         )));
+    }
+    if privilege == Privilege::Namespaced {
+        let max_id = privilege.owners_inside().max_mapped_id();
+        let beyond = [exec_user.uid, exec_user.gid]
+            .into_iter()
+            .find(|id| *id > max_id);
+        if let Some(id) = beyond {
+            return Err(Failure::Message(format!(
+                "USER {:?} needs id {id}, beyond the {} subordinate ids this user has in \
+                 /etc/subuid and /etc/subgid (a rootless build maps ids 1 to {max_id}): \
+                 give it a larger range",
+                spec.user, max_id
+            )));
+        }
     }
 
     // Working directory: created as root, owned by the user if asked.
@@ -994,9 +1045,27 @@ fn container_init(
 
     drop_capabilities()?;
     // Rootless: setgroups is denied in the user namespace (runc skips it too).
-    if privilege == Privilege::Root {
-        let groups: Vec<Gid> = exec_user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-        nix::unistd::setgroups(&groups).map_err(sys("setgroups"))?;
+    // In forge's own namespace, groups beyond its range do not exist, and
+    // newgidmap may have denied setgroups: the user then keeps none.
+    match privilege {
+        Privilege::Root => {
+            let groups: Vec<Gid> = exec_user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+            nix::unistd::setgroups(&groups).map_err(sys("setgroups"))?;
+        }
+        Privilege::Namespaced => {
+            let max_id = privilege.owners_inside().max_mapped_id();
+            let groups: Vec<Gid> = exec_user
+                .groups
+                .iter()
+                .filter(|g| **g <= max_id)
+                .map(|g| Gid::from_raw(*g))
+                .collect();
+            match nix::unistd::setgroups(&groups) {
+                Ok(()) | Err(nix::Error::EPERM) => {}
+                Err(e) => return Err(sys("setgroups")(e).into()),
+            }
+        }
+        Privilege::Rootless => {}
     }
     nix::unistd::setgid(Gid::from_raw(exec_user.gid)).map_err(sys("setgid"))?;
     // A non-root uid loses every permitted and effective capability here.

@@ -136,9 +136,10 @@ pub fn overlay_options(
         .collect::<Result<Vec<_>, _>>()?;
     // Rootless: the kernel refuses `userxattr` with `redirect_dir=off` (which
     // may still follow redirects); `nofollow` neither makes nor follows them.
-    let (redirect, userxattr) = match privilege {
-        Privilege::Root => ("off", ""),
-        Privilege::Rootless => ("nofollow", ",userxattr"),
+    let (redirect, userxattr) = if privilege.userxattr() {
+        ("nofollow", ",userxattr")
+    } else {
+        ("off", "")
     };
     // `volatile` (Linux 5.10): no fsync of each copied-up file and no syncfs
     // at unmount. A RUN that modifies 1,000 lower files otherwise spends about a
@@ -235,9 +236,10 @@ pub fn readonly_overlay_options(
         }
         lowers.push(s.to_string());
     }
-    let userxattr = match privilege {
-        Privilege::Root => "",
-        Privilege::Rootless => ",userxattr",
+    let userxattr = if privilege.userxattr() {
+        ",userxattr"
+    } else {
+        ""
     };
     let data = format!("lowerdir={}{userxattr}", lowers.join(":"));
     if data.len() > MAX_MOUNT_DATA {

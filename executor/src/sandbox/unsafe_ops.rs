@@ -1,4 +1,6 @@
-//! The only `unsafe` code of the crate: `fork(2)`, `prctl(PR_CAPBSET_DROP)`,
+//! The only `unsafe` code of the crate: `fork(2)`, a `pre_exec` that unshares
+//! a user namespace (rootless builds with subordinate ids), ignoring SIGINT
+//! while waiting for that child, `prctl(PR_CAPBSET_DROP)`,
 //! `prctl(PR_CAP_AMBIENT_CLEAR_ALL)`, `capset(2)` and the `ioctl`s that bring
 //! the loopback interface up.
 //!
@@ -158,4 +160,61 @@ pub(crate) fn loopback_up() -> Result<(), ExecutorError> {
         return Err(sys("ioctl(SIOCSIFFLAGS, lo)"));
     }
     Ok(())
+}
+
+/// Makes `cmd`'s child unshare a user namespace just before it execs, then
+/// wait to be mapped: it writes its pid (4 bytes, little-endian) to `ready`
+/// and reads one byte from `go`; `0` lets the exec go on, anything else (or
+/// end of file) fails the spawn with `EPERM`. The child also gets
+/// `PR_SET_PDEATHSIG(SIGTERM)`, so it does not outlive the waiting parent.
+pub(crate) fn unshare_user_before_exec(
+    cmd: &mut std::process::Command,
+    ready: std::os::fd::RawFd,
+    go: std::os::fd::RawFd,
+) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed: it calls `unshare`, `prctl`,
+    // `getpid`, `write` and `read` through libc, allocates nothing and takes
+    // no lock. The two descriptors stay open in the child until the exec
+    // (they are close-on-exec) because the parent keeps its copies open
+    // until `spawn` has returned.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            let pid = libc::getpid().to_le_bytes();
+            if libc::write(ready, pid.as_ptr().cast(), pid.len()) != 4 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut answer = [1u8];
+            if libc::read(go, answer.as_mut_ptr().cast(), 1) != 1 || answer[0] != 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Ignores `SIGINT` and `SIGQUIT` in this process (as `system(3)` does while
+/// its child runs): the terminal sends them to the child too, which handles
+/// them; the parent only waits for it.
+pub(crate) fn ignore_terminal_signals() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
+        // SAFETY: `SigIgn` installs no handler, so no code of ours can run
+        // in signal context.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+    }
 }
