@@ -1,13 +1,17 @@
 //! Every `$ forge ...` command shown in the README and the book runs and succeeds,
 //! so the documentation cannot drift from the flags forge really has. Where the book
 //! shows the output right after the command (no `...` elision), it must match.
+//! `$ cat ...` lines run too, to show what a build produced.
+//!
+//! The commands run in order, in a directory of their own where `examples`
+//! is the repository's, with a store of their own holding the busybox base
+//! that `scripts/example` imports (`forge-example/busybox:latest`), so the
+//! book's builds are real builds.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Splits a shell-ish command line into words (single and double quotes only).
 fn words(line: &str) -> Vec<String> {
@@ -48,8 +52,8 @@ struct Example {
 }
 
 fn examples() -> Vec<Example> {
-    let mut files = vec![repo().join("README.md")];
-    let mut book: Vec<PathBuf> = std::fs::read_dir(repo().join("book/src"))
+    let mut files = vec![common::repo().join("README.md")];
+    let mut book: Vec<PathBuf> = std::fs::read_dir(common::repo().join("book/src"))
         .expect("book/src")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "md"))
@@ -82,7 +86,7 @@ fn examples() -> Vec<Example> {
                 }
                 _ => (None, cmd.to_string()),
             };
-            if !forge_part.starts_with("forge ") {
+            if !forge_part.starts_with("forge ") && !forge_part.starts_with("cat ") {
                 continue;
             }
             let forge_part = forge_part
@@ -126,11 +130,34 @@ fn documented_commands_run() {
         "found only {} examples",
         examples.len()
     );
+    let home = common::TempDir::new("book-home");
+    let work = common::TempDir::new("book-work");
+    std::os::unix::fs::symlink(
+        common::repo().join("examples"),
+        work.path().join("examples"),
+    )
+    .expect("link examples");
+    common::ok(&common::forge(
+        home.path(),
+        &[
+            "import",
+            common::utf8(common::rootfs()),
+            "forge-example/busybox:latest",
+            "-c",
+            r#"CMD ["sh"]"#,
+        ],
+    ));
     for ex in examples {
         let args = words(&ex.command);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_forge"));
+        let program = if args[0] == "forge" {
+            PathBuf::from(env!("CARGO_BIN_EXE_forge"))
+        } else {
+            PathBuf::from(&args[0])
+        };
+        let mut cmd = Command::new(program);
         cmd.args(&args[1..])
-            .current_dir(repo())
+            .current_dir(work.path())
+            .env("FORGE_HOME", home.path())
             .env("NO_COLOR", "1");
         let out = if let Some(input) = &ex.stdin {
             use std::io::Write;
