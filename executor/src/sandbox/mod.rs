@@ -79,7 +79,7 @@ pub enum Privilege {
     Rootless,
     /// forge is root of a user namespace that maps forge's user to 0 and its
     /// `/etc/subuid` and `/etc/subgid` ranges to `1..=N` (it re-executed
-    /// itself there, see [`crate::userns`]): the sandbox needs no user
+    /// itself there, see [`userns`]): the sandbox needs no user
     /// namespace of its own, a RUN may use any id up to N, and overlayfs is
     /// mounted with `userxattr` as rootless.
     Namespaced,
