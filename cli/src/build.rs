@@ -69,6 +69,14 @@ pub struct BuildArgs {
     /// Print only the image ID on success (and no progress).
     #[arg(short, long)]
     pub quiet: bool,
+    /// Check the registry for a newer version of every base image, even one
+    /// the store has (a base missing from the store is always pulled).
+    #[arg(long)]
+    pub pull: bool,
+    /// Push the tagged images to their registries once built (as
+    /// `--output type=registry`).
+    #[arg(long)]
+    pub push: bool,
     /// Write the image ID to this file.
     #[arg(long)]
     pub iidfile: Option<PathBuf>,
@@ -162,16 +170,57 @@ fn scan_context(
     })
 }
 
-/// Base images come from the store (pulling arrives with the registry client).
+/// Base images come from the store; one the store lacks is pulled from its
+/// registry (with `--pull`, every one is checked there first).
 struct StoreResolver<'s> {
     store: &'s Store,
+    /// `--pull`.
+    always_pull: bool,
+    /// No pull progress lines (`-q`, `--progress quiet`).
+    quiet: bool,
+}
+
+impl StoreResolver<'_> {
+    /// Pulls `reference` (a line on stderr unless quiet); the error says
+    /// what else would give the image.
+    fn pull(&self, reference: &str) -> Result<(), String> {
+        let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
+        let registry =
+            crate::registry::client(self.store).map_err(|f| format!("{:?}", f.report))?;
+        if !self.quiet {
+            eprintln!("pulling {}", parsed.familiar());
+        }
+        let platform = forge_registry::transfer::Platform::host();
+        let pulled =
+            forge_registry::transfer::pull(self.store, &registry, &parsed, &platform, 4, &|_| {})
+                .map_err(|e| {
+                format!(
+                    "{e}; pull failed (an image can also come from `forge import` or `forge load`)"
+                )
+            })?;
+        if !self.quiet {
+            eprintln!("pulled {} ({})", parsed.familiar(), pulled.repo_digest);
+        }
+        Ok(())
+    }
 }
 
 impl BaseResolver for StoreResolver<'_> {
     fn resolve(&self, reference: &str, _: Option<&str>) -> Result<Option<BaseImage>, String> {
-        let record = self.store.resolve(reference).map_err(|e| {
-            format!("{e}; make it with `forge import` or `forge load` (pulling from a registry is not there yet)")
-        })?;
+        let in_store = self.store.resolve(reference);
+        // A name (not an ID) missing here, or any name with --pull: ask its registry.
+        let is_name = !reference.starts_with("sha256:") && Reference::parse(reference).is_ok();
+        if is_name && (self.always_pull || in_store.is_err()) {
+            self.pull(reference)?;
+        }
+        let record = match in_store {
+            Ok(record) if !self.always_pull => record,
+            _ => self.store.resolve(reference).map_err(|e| {
+                format!(
+                    "{e}; make it with `forge import` or `forge load`, or pull it from a registry"
+                )
+            })?,
+        };
         if record.is_index() {
             return Err(format!(
                 "{reference} is a multi-platform index; forge builds from single-platform images for now"
@@ -970,7 +1019,11 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
     // Named contexts first: `FROM NAME` may stand for one.
     let named_contexts = named_contexts(args, &store)?;
     let resolver = NamedContextResolver {
-        store: StoreResolver { store: &store },
+        store: StoreResolver {
+            store: &store,
+            always_pull: args.pull,
+            quiet: args.quiet || matches!(args.progress, ProgressMode::Quiet),
+        },
         named: &named_contexts,
     };
     // `forge build -`: the context (a tar, maybe compressed) or a lone
@@ -1150,7 +1203,49 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
     if let Some(path) = &args.extra.metadata_file {
         write_metadata(path, &built)?;
     }
-    if output != crate::output::Output::Image {
+    // `--push`, `--output type=registry`: every name of every image built.
+    let push_names = match (&output, args.push) {
+        (crate::output::Output::Registry(name), _) => Some(name.clone()),
+        (_, true) => Some(None),
+        _ => None,
+    };
+    if let Some(extra_name) = push_names {
+        let registry = crate::registry::client(&store)?;
+        for image in &built {
+            let mut names = image.tags.clone();
+            names.extend(extra_name.iter().cloned());
+            if names.is_empty() {
+                return Err(crate::usage(
+                    "pushing needs a name: this image has none",
+                    "tag it (-t registry.lan:5000/team/app:1) or give --output type=registry,name=REF",
+                ));
+            }
+            for name in &names {
+                let reference = Reference::parse(name)?;
+                let descriptor = Descriptor::new(
+                    MediaType::ImageManifest,
+                    image.committed.manifest_size,
+                    Digest::from_str(&image.committed.manifest.to_string()).map_err(|e| {
+                        Failure {
+                            report: miette::miette!("bad manifest digest: {e}"),
+                            code: 101,
+                        }
+                    })?,
+                );
+                store.tag(&descriptor, &reference, Some(SystemTime::now()))?;
+                crate::registry::push_reference(
+                    &store,
+                    &registry,
+                    &reference,
+                    mode == ProgressMode::Quiet,
+                )?;
+            }
+        }
+    }
+    if !matches!(
+        output,
+        crate::output::Output::Image | crate::output::Output::Registry(_)
+    ) {
         match built.as_slice() {
             [image] => crate::output::export(&store, image, &output)?,
             _ => {

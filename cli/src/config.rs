@@ -1,9 +1,18 @@
-//! forge's own settings: `config.toml` at the store root (`$FORGE_HOME`), and
-//! the step cache's size cap they set.
+//! forge's own settings: `config.toml` at the store root (`$FORGE_HOME`) and
+//! in `$XDG_CONFIG_HOME/forge/` (`~/.config/forge/`): the step cache's size
+//! cap and how registries are reached. Both files take the same tables; a
+//! key set in the store's file wins.
 //!
 //! ```toml
 //! [cache]
 //! max-size = "10GB"   # also 10000000000, "9.5GiB", "500MB", "0"
+//!
+//! [registries]
+//! insecure = ["registry.lan:5000"]   # plain HTTP (localhost and 127/8 always are)
+//! search = "registry.lan:5000"       # `forge search TERM` asks this one
+//! chunk-size = "16MiB"               # larger blobs go up in PATCH chunks
+//! [registries.mirrors]
+//! "docker.io" = ["mirror.lan:5000"]  # read from these first
 //! ```
 //!
 //! No file means no settings (no cap). The file is read with the `toml`
@@ -47,11 +56,62 @@ const UNITS: &[(&str, u64)] = &[
 pub(crate) struct Config {
     /// `[cache] max-size`, in bytes.
     pub(crate) cache_max_size: Option<u64>,
+    /// `[registries]`.
+    pub(crate) registries: RegistriesConfig,
 }
 
-/// Reads `config.toml` from the store root `root` (absent: the defaults).
+/// `[registries]`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct RegistriesConfig {
+    /// `insecure`: reached over plain HTTP.
+    pub(crate) insecure: Vec<String>,
+    /// `search`: the registry `forge search TERM` asks.
+    pub(crate) search: Option<String>,
+    /// `chunk-size`, in bytes.
+    pub(crate) chunk_size: Option<u64>,
+    /// `[registries.mirrors]`.
+    pub(crate) mirrors: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Config {
+    /// `self` with what `over` sets put over it.
+    fn merged(self, over: Config) -> Config {
+        let (a, b) = (self.registries, over.registries);
+        Config {
+            cache_max_size: over.cache_max_size.or(self.cache_max_size),
+            registries: RegistriesConfig {
+                insecure: a.insecure.into_iter().chain(b.insecure).collect(),
+                search: b.search.or(a.search),
+                chunk_size: b.chunk_size.or(a.chunk_size),
+                mirrors: a.mirrors.into_iter().chain(b.mirrors).collect(),
+            },
+        }
+    }
+}
+
+/// The user's `config.toml`: `$XDG_CONFIG_HOME/forge/config.toml`, else
+/// `~/.config/forge/config.toml`.
+fn user_config_file() -> Option<std::path::PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".config"),
+    };
+    Some(base.join("forge").join(CONFIG_FILE))
+}
+
+/// Reads the user's `config.toml` and the one at the store root `root`
+/// (absent files: the defaults), the store's over the user's.
 pub(crate) fn load(root: &Path) -> Result<Config, Failure> {
-    let path = root.join(CONFIG_FILE);
+    let user = match user_config_file() {
+        Some(path) => load_file(&path)?,
+        None => Config::default(),
+    };
+    Ok(user.merged(load_file(&root.join(CONFIG_FILE))?))
+}
+
+/// Reads one `config.toml` (absent: the defaults).
+fn load_file(path: &Path) -> Result<Config, Failure> {
+    let path = path.to_path_buf();
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
@@ -71,7 +131,23 @@ pub(crate) fn load(root: &Path) -> Result<Config, Failure> {
 #[serde(deny_unknown_fields, rename_all = "kebab-case", expecting = "a table")]
 struct ConfigFile {
     cache: Option<CacheSection>,
+    registries: Option<RegistriesSection>,
 }
+
+/// `[registries]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", expecting = "a table")]
+struct RegistriesSection {
+    #[serde(default)]
+    insecure: Vec<String>,
+    search: Option<String>,
+    chunk_size: Option<Spanned<SizeValue>>,
+    #[serde(default)]
+    mirrors: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// The keys of `[registries]`.
+const REGISTRIES_KEYS: &[&str] = &["insecure", "search", "chunk-size", "mirrors"];
 
 /// `[cache]`.
 #[derive(Debug, Deserialize)]
@@ -120,29 +196,52 @@ impl<'de> Deserialize<'de> for SizeValue {
     }
 }
 
-/// Parses the text of a `config.toml`.
-pub(crate) fn parse(source: &SourceFile) -> Result<Config, FrontendError> {
-    let file: ConfigFile = toml::from_str(&source.text)
-        .map_err(|e| FrontendError::invalid(source, vec![toml_problem(&source.text, &e)]))?;
-    let Some(max_size) = file.cache.and_then(|cache| cache.max_size) else {
-        return Ok(Config::default());
+/// A size setting, or the problem pointing at it.
+fn size_setting(
+    source: &SourceFile,
+    value: Option<Spanned<SizeValue>>,
+    key: &str,
+) -> Result<Option<u64>, FrontendError> {
+    let Some(value) = value else {
+        return Ok(None);
     };
-    let span = SourceSpan::from(max_size.span());
-    match size_value(max_size.get_ref()) {
-        Ok(size) => Ok(Config {
-            cache_max_size: Some(size),
-        }),
-        Err(message) => Err(FrontendError::invalid(
+    let span = SourceSpan::from(value.span());
+    size_value(value.get_ref()).map(Some).map_err(|message| {
+        FrontendError::invalid(
             source,
             vec![Problem::new(
                 "config::invalid-size",
-                format!("invalid `cache.max-size`: {message}"),
+                format!("invalid `{key}`: {message}"),
                 span,
             )
             .label("this size")
             .help(SIZE_HELP)],
-        )),
-    }
+        )
+    })
+}
+
+/// Parses the text of a `config.toml`.
+pub(crate) fn parse(source: &SourceFile) -> Result<Config, FrontendError> {
+    let file: ConfigFile = toml::from_str(&source.text)
+        .map_err(|e| FrontendError::invalid(source, vec![toml_problem(&source.text, &e)]))?;
+    let cache_max_size = size_setting(
+        source,
+        file.cache.and_then(|cache| cache.max_size),
+        "cache.max-size",
+    )?;
+    let registries = match file.registries {
+        None => RegistriesConfig::default(),
+        Some(r) => RegistriesConfig {
+            chunk_size: size_setting(source, r.chunk_size, "registries.chunk-size")?,
+            insecure: r.insecure,
+            search: r.search,
+            mirrors: r.mirrors,
+        },
+    };
+    Ok(Config {
+        cache_max_size,
+        registries,
+    })
 }
 
 /// A problem of `toml`'s: a syntax error (`config::syntax`), an unknown key
@@ -155,10 +254,16 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> Problem {
     let rest: Vec<&str> = lines.map(str::trim).filter(|l| !l.is_empty()).collect();
     let problem = if let Some((key, expected)) = unknown_field(message) {
         // serde lists the keys the table has: which table it is.
-        let in_cache = CACHE_KEYS
-            .iter()
-            .any(|k| expected.contains(&format!("`{k}`")));
-        let (message, help) = if in_cache {
+        let in_table = |keys: &[&str]| keys.iter().any(|k| expected.contains(&format!("`{k}`")));
+        let (message, help) = if in_table(REGISTRIES_KEYS) {
+            (
+                format!("unknown key `{key}` in `[registries]`"),
+                format!(
+                    "the keys of `[registries]` are: {}",
+                    REGISTRIES_KEYS.join(", ")
+                ),
+            )
+        } else if in_table(CACHE_KEYS) {
             (
                 format!("unknown key `{key}` in `[cache]`"),
                 format!("the keys of `[cache]` are: {}", CACHE_KEYS.join(", ")),
@@ -166,7 +271,7 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> Problem {
         } else {
             (
                 format!("unknown key `{key}`"),
-                "forge's config.toml has one table: [cache]".to_string(),
+                "forge's config.toml has two tables: [cache] and [registries]".to_string(),
             )
         };
         Problem::new("config::unknown-key", message, span)
@@ -470,7 +575,8 @@ mod tests {
             assert_eq!(
                 config(text),
                 Ok(Config {
-                    cache_max_size: Some(10_000_000_000)
+                    cache_max_size: Some(10_000_000_000),
+                    ..Config::default()
                 }),
                 "{text:?}"
             );
@@ -481,8 +587,47 @@ mod tests {
         assert_eq!(
             config("[cache]\nmax-size = 0\n"),
             Ok(Config {
-                cache_max_size: Some(0)
+                cache_max_size: Some(0),
+                ..Config::default()
             })
+        );
+    }
+
+    #[test]
+    fn registries_settings_are_read_and_merged() {
+        let user = config(
+            "[registries]
+insecure = [\"a.lan:5000\"]
+search = \"a.lan:5000\"
+\
+             [registries.mirrors]
+\"docker.io\" = [\"m.lan\"]
+",
+        )
+        .expect("user config");
+        let store = config(
+            "[registries]
+chunk-size = \"1MiB\"
+search = \"b.lan\"
+",
+        )
+        .expect("store config");
+        let merged = user.merged(store);
+        assert_eq!(merged.registries.insecure, ["a.lan:5000"]);
+        assert_eq!(merged.registries.search.as_deref(), Some("b.lan"));
+        assert_eq!(merged.registries.chunk_size, Some(1 << 20));
+        assert_eq!(merged.registries.mirrors["docker.io"], ["m.lan"]);
+        assert_eq!(
+            problem(
+                "[registries]
+mirror = []
+"
+            ),
+            reported(
+                "config::unknown-key",
+                "unknown key `mirror` in `[registries]`",
+                "mirror"
+            )
         );
     }
 

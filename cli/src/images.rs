@@ -193,7 +193,7 @@ fn image_size(store: &Store, record: &ImageRecord) -> u64 {
         + manifest.layers().iter().map(|l| l.size()).sum::<u64>()
 }
 
-fn print_table(rows: &[Vec<String>]) {
+pub(crate) fn print_table(rows: &[Vec<String>]) {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -283,7 +283,7 @@ pub fn images(args: &ImagesArgs) -> Result<(), Failure> {
                     "Containers": "N/A",
                     "CreatedAt": created_at,
                     "CreatedSince": since(rec.created),
-                    "Digest": rec.digest.to_string(),
+                    "Digest": rec.repo_digest.unwrap_or(rec.digest).to_string(),
                     "ID": id,
                     "Repository": repo,
                     "SharedSize": "N/A",
@@ -297,7 +297,7 @@ pub fn images(args: &ImagesArgs) -> Result<(), Failure> {
             ListFormat::Table => {
                 let mut row = vec![repo, tag];
                 if args.digests {
-                    row.push(rec.digest.to_string());
+                    row.push(rec.repo_digest.unwrap_or(rec.digest).to_string());
                 }
                 row.extend([id, since(rec.created), size]);
                 rows.push(row);
@@ -412,8 +412,8 @@ fn inspect_value(store: &Store, record: &ImageRecord) -> Result<Value, Failure> 
     let repo_tags: Vec<String> = names.iter().filter_map(|r| r.familiar_name()).collect();
     let repo_digests: Vec<String> = names
         .iter()
-        .filter_map(|r| r.reference.as_ref())
-        .map(|r| format!("{}@{}", r.repository_familiar(), record.digest))
+        .filter_map(|r| Some((r.reference.as_ref()?, r.repo_digest.unwrap_or(r.digest))))
+        .map(|(r, digest)| format!("{}@{digest}", r.repository_familiar()))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();

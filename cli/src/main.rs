@@ -7,6 +7,7 @@ mod config;
 mod human;
 mod images;
 mod output;
+mod registry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,12 @@ enum Command {
     Save(images::SaveArgs),
     /// Read images from a tar archive made by `forge save` or `docker save`.
     Load(images::LoadArgs),
+    /// Download an image from a registry into the store.
+    Pull(registry::PullArgs),
+    /// Upload an image of the store to a registry.
+    Push(registry::PushArgs),
+    /// List a registry's repositories whose name contains a term.
+    Search(registry::SearchArgs),
     /// Check the store; `--repair` removes what is broken.
     Fsck(images::FsckArgs),
     /// Remove blobs no image, build or container uses.
@@ -194,6 +201,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Import(args) => images::import(&args),
         Command::Save(args) => images::save(&args),
         Command::Load(args) => images::load(&args),
+        Command::Pull(args) => registry::pull(&args),
+        Command::Push(args) => registry::push(&args),
+        Command::Search(args) => registry::search(&args),
         Command::Fsck(args) => images::fsck(&args),
         Command::Prune(args) => config::prune(&args),
         Command::Build(args) => {

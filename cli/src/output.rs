@@ -33,6 +33,9 @@ pub(crate) enum Output {
     Tar(PathBuf),
     /// The file system unpacked into the directory.
     Local(PathBuf),
+    /// The store, then pushed to the registry of each tag (`type=registry`,
+    /// `type=image,push=true`); `name=` adds a name to push under.
+    Registry(Option<String>),
 }
 
 impl Output {
@@ -41,7 +44,7 @@ impl Output {
     pub(crate) fn to_stdout(&self) -> bool {
         match self {
             Output::Oci(p) | Output::Docker(p) | Output::Tar(p) => p == Path::new("-"),
-            Output::Image | Output::Local(_) => false,
+            Output::Image | Output::Local(_) | Output::Registry(_) => false,
         }
     }
 }
@@ -49,8 +52,9 @@ impl Output {
 fn bad(spec: &str, why: impl std::fmt::Display) -> Failure {
     Failure {
         report: miette::miette!(
-            help = "type=image, type=oci,dest=FILE, type=docker,dest=FILE, type=tar,dest=FILE, \
-                    type=local,dest=DIR, a directory, or - (a tar on standard output)",
+            help = "type=image[,push=true], type=registry[,name=REF], type=oci,dest=FILE, \
+                    type=docker,dest=FILE, type=tar,dest=FILE, type=local,dest=DIR, a directory, \
+                    or - (a tar on standard output)",
             "invalid --output {spec:?}: {why}"
         ),
         code: 1,
@@ -69,16 +73,14 @@ impl FromStr for Output {
         }
         let mut kind = None;
         let mut dest = None;
+        let mut push = false;
+        let mut name = None;
         for field in spec.split(',') {
             match field.split_once('=') {
                 Some(("type", v)) => kind = Some(v),
                 Some(("dest", v)) => dest = Some(PathBuf::from(v)),
-                Some(("push", "true")) => {
-                    return Err(bad(
-                        spec,
-                        "pushing is not supported yet (no registry client)",
-                    ))
-                }
+                Some(("push", v)) => push = v == "true",
+                Some(("name", v)) if !v.is_empty() => name = Some(v.to_string()),
                 Some((key, _)) => return Err(bad(spec, format!("unknown key `{key}`"))),
                 None => return Err(bad(spec, format!("`{field}` is not KEY=VALUE"))),
             }
@@ -88,10 +90,9 @@ impl FromStr for Output {
             _ => Err(bad(spec, "dest= is required")),
         };
         match kind {
-            Some("registry") => Err(bad(
-                spec,
-                "pushing is not supported yet (no registry client)",
-            )),
+            Some("registry") => Ok(Output::Registry(name)),
+            Some("image") if push => Ok(Output::Registry(name)),
+            Some("image") if name.is_some() => Err(bad(spec, "name= needs push=true")),
             Some("image") => Ok(Output::Image),
             Some("oci") => needs_dest(Output::Oci),
             Some("docker") => needs_dest(Output::Docker),
@@ -154,6 +155,7 @@ fn record_of(image: &BuiltImage) -> Result<ImageRecord, Failure> {
         digest: image.committed.manifest,
         id: Some(image.committed.id),
         created: None,
+        repo_digest: None,
     })
 }
 
@@ -193,7 +195,7 @@ pub(crate) fn export(store: &Store, image: &BuiltImage, output: &Output) -> Resu
         write_file(path, |out| Ok(archive::save(store, &items, format, out)?))
     };
     match output {
-        Output::Image => Ok(()),
+        Output::Image | Output::Registry(_) => Ok(()),
         Output::Oci(path) => save(ArchiveFormat::Oci, path),
         Output::Docker(path) => save(ArchiveFormat::Docker, path),
         Output::Tar(path) => {
@@ -237,12 +239,16 @@ mod tests {
         assert_eq!(ok("type=local,dest=out"), Output::Local("out".into()));
         assert_eq!(ok("out/dir"), Output::Local("out/dir".into()));
         assert_eq!(ok("-"), Output::Tar("-".into()));
+        assert_eq!(ok("type=registry"), Output::Registry(None));
+        assert_eq!(
+            ok("type=image,name=r:5000/a:1,push=true"),
+            Output::Registry(Some("r:5000/a:1".into()))
+        );
         for bad in [
             "type=oci",
             "type=nope,dest=x",
             "type=local,dest=x,color=red",
-            "type=image,push=true",
-            "type=registry",
+            "type=image,name=x",
         ] {
             assert!(bad.parse::<Output>().is_err(), "{bad}");
         }

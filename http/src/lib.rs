@@ -112,6 +112,12 @@ impl Client {
         Self { agent }
     }
 
+    /// The underlying agent (its proxies, TLS roots and timeouts), for the
+    /// registry client's requests.
+    pub fn agent(&self) -> &ureq::Agent {
+        &self.agent
+    }
+
     /// Starts a GET of `url`; the body streams from the returned [`Download`].
     ///
     /// # Errors

@@ -94,6 +94,11 @@ pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 /// The annotation holding when an image was stored locally (RFC 3339).
 pub const CREATED_ANNOTATION: &str = "dev.forge.created";
 
+/// The `index.json` annotation holding the digest a registry knows the image
+/// by (the digest pulled or pushed: an index's for a multi-platform pull, as
+/// docker records it), when that is not the stored manifest's own.
+pub const REPO_DIGEST_ANNOTATION: &str = "dev.forge.repo.digest";
+
 /// Media types of documents that reference other blobs.
 const MANIFEST_TYPES: [&str; 5] = [
     "application/vnd.oci.image.manifest.v1+json",
@@ -132,6 +137,9 @@ pub struct ImageRecord {
     pub id: Option<Sha256Digest>,
     /// When the image was stored here (`dev.forge.created`).
     pub created: Option<SystemTime>,
+    /// The digest a registry knows it by, when it was pulled or pushed
+    /// ([`REPO_DIGEST_ANNOTATION`]; else the manifest digest is).
+    pub repo_digest: Option<Sha256Digest>,
 }
 
 impl ImageRecord {
@@ -349,6 +357,9 @@ impl Store {
             let created = annotations
                 .and_then(|a| a.get(CREATED_ANNOTATION))
                 .and_then(|c| time::parse_rfc3339(c));
+            let repo_digest = annotations
+                .and_then(|a| a.get(REPO_DIGEST_ANNOTATION))
+                .and_then(|d| d.parse().ok());
             let mut record = ImageRecord {
                 name,
                 reference,
@@ -356,6 +367,7 @@ impl Store {
                 digest,
                 id: None,
                 created,
+                repo_digest,
             };
             record.id = self.image_id(&record).ok();
             out.push(record);
@@ -381,9 +393,23 @@ impl Store {
         reference: &Reference,
         created: Option<SystemTime>,
     ) -> Result<(), CacheError> {
+        self.tag_with_repo_digest(manifest, reference, created, None)
+    }
+
+    /// [`Store::tag`] of an image a registry knows by `repo_digest` (pulled
+    /// from an index: the index's digest), recorded in the entry
+    /// ([`REPO_DIGEST_ANNOTATION`]); a digest pinned by `reference` must be
+    /// the manifest's or `repo_digest`.
+    pub fn tag_with_repo_digest(
+        &self,
+        manifest: &Descriptor,
+        reference: &Reference,
+        created: Option<SystemTime>,
+        repo_digest: Option<Sha256Digest>,
+    ) -> Result<(), CacheError> {
         let digest = descriptor_digest(manifest)?;
         if let Some(pinned) = reference.digest() {
-            if *pinned != digest {
+            if *pinned != digest && Some(*pinned) != repo_digest {
                 return Err(CacheError::InvalidReference {
                     text: reference.to_string(),
                     reason: "the reference pins another digest than the manifest being tagged",
@@ -399,6 +425,10 @@ impl Store {
             CREATED_ANNOTATION.to_string(),
             time::format_rfc3339(created.unwrap_or_else(SystemTime::now)),
         );
+        annotations.remove(REPO_DIGEST_ANNOTATION);
+        if let Some(repo) = repo_digest.filter(|d| *d != digest) {
+            annotations.insert(REPO_DIGEST_ANNOTATION.to_string(), repo.to_string());
+        }
         entry.set_annotations(Some(annotations));
         self.update_index(|manifests| {
             manifests.retain(|d| ref_name(d) != Some(name.as_str()));
