@@ -65,6 +65,10 @@ pub struct PullArgs {
 pub struct PushArgs {
     /// `NAME[:TAG]` of an image in the store; the name says where it goes.
     name: String,
+    /// Every tag of the repository NAME in the store, one after the other
+    /// (blobs they share go up once).
+    #[arg(short = 'a', long = "all-tags")]
+    all_tags: bool,
     /// Print only the digest.
     #[arg(short, long)]
     quiet: bool,
@@ -251,27 +255,63 @@ pub(crate) fn push_reference(
 pub fn push(args: &PushArgs) -> Result<(), Failure> {
     let store = open_store()?;
     let registry = client(&store)?;
-    let target = parse_name(&args.name)?;
-    let record = store.resolve(&args.name)?;
+    let named = parse_name(&args.name)?;
+    let targets: Vec<Reference> = if args.all_tags {
+        if named.digest().is_some()
+            || args
+                .name
+                .rsplit('/')
+                .next()
+                .is_some_and(|l| l.contains(':'))
+        {
+            return Err(usage(
+                "--all-tags takes a repository name without a tag or digest",
+                "e.g. forge push -a registry.lan:5000/team/app",
+            ));
+        }
+        let mut tagged: Vec<Reference> = store
+            .images()?
+            .into_iter()
+            .filter_map(|r| r.reference)
+            .filter(|r| {
+                r.registry() == named.registry()
+                    && r.repository() == named.repository()
+                    && r.tag().is_some()
+            })
+            .collect();
+        tagged.sort();
+        if tagged.is_empty() {
+            return Err(usage(
+                format!("the store has no tag of {}", named.repository_familiar()),
+                "tag an image first: forge tag IMAGE NAME:TAG",
+            ));
+        }
+        tagged
+    } else {
+        vec![named]
+    };
     if !args.quiet {
         println!(
             "The push refers to repository [{}/{}]",
-            target.registry(),
-            target.repository()
+            targets[0].registry(),
+            targets[0].repository()
         );
     }
-    let lines = BlobLines::new(args.quiet, false);
-    let pushed = transfer::push(&store, &registry, &record, &target, PUSH_JOBS, &|e| {
-        lines.event(e)
-    })?;
-    if args.quiet {
-        println!("{}", pushed.digest);
-    } else {
-        let what = match target.digest() {
-            Some(_) => "digest".to_string(),
-            None => target.tag_or_latest().to_string(),
-        };
-        println!("{what}: digest: {} size: {}", pushed.digest, pushed.size);
+    for target in &targets {
+        let record = store.resolve(&target.to_string())?;
+        let lines = BlobLines::new(args.quiet, false);
+        let pushed = transfer::push(&store, &registry, &record, target, PUSH_JOBS, &|e| {
+            lines.event(e)
+        })?;
+        if args.quiet {
+            println!("{}", pushed.digest);
+        } else {
+            let what = match target.digest() {
+                Some(_) => "digest".to_string(),
+                None => target.tag_or_latest().to_string(),
+            };
+            println!("{what}: digest: {} size: {}", pushed.digest, pushed.size);
+        }
     }
     Ok(())
 }
