@@ -39,6 +39,16 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "forge-context",
         &["forge-frontend", "forge-executor", "forge-cache"],
     ),
+    (
+        "forge-registry",
+        &[
+            "forge-frontend",
+            "forge-graph",
+            "forge-executor",
+            "forge-ir",
+            "forge-context",
+        ],
+    ),
 ];
 
 fn workspace_edges() -> BTreeMap<String, BTreeSet<String>> {

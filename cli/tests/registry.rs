@@ -360,3 +360,45 @@ fn a_two_platform_index_pulls_the_image_for_the_platform() {
         "{stderr}"
     );
 }
+
+#[test]
+fn reads_go_to_a_mirror_first() {
+    let mirror = TestRegistry::start("mirror");
+    let fx = Fixture::new("registry-mirror");
+    let home = fx.home.path();
+    let on_mirror = format!("{}/x/bb:1", mirror.addr);
+    ok(&forge_in(home, None, &["tag", "base:latest", &on_mirror]));
+    ok(&forge_in(home, None, &["push", &on_mirror]));
+    // The origin: a loopback port nothing listens on.
+    let origin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let config = TempDir::new("registry-mirror-config");
+    std::fs::create_dir_all(config.path().join("forge")).expect("mkdir");
+    std::fs::write(
+        config.path().join("forge/config.toml"),
+        format!("[registries.mirrors]\n\"{origin}\" = [\"{}\"]\n", mirror.addr),
+    )
+    .expect("config");
+    let fresh = TempDir::new("registry-mirror-fresh");
+    let name = format!("{origin}/x/bb:1");
+    let mark = mirror.mark();
+    let out = ok(&forge_in(fresh.path(), Some(config.path()), &["pull", &name]));
+    assert!(out.contains("Status: Downloaded newer image for"), "{out}");
+    let served = mirror.requests_since(mark);
+    assert!(
+        served.iter().any(|r| r.method == "GET" && r.path.contains("/x/bb/manifests/1")),
+        "{served:#?}"
+    );
+    assert_eq!(
+        image_id(fresh.path(), &name),
+        image_id(home, "base:latest"),
+        "the mirror's image, under the origin's name"
+    );
+    // Without the mirror, the origin is unreachable: a clear error.
+    let out = forge_in(fresh.path(), None, &["pull", &format!("{origin}/x/other:1")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach the registry"), "{stderr}");
+}
