@@ -167,8 +167,18 @@ impl Reference {
         format!("{}/{}", self.registry, self.repository)
     }
 
-    /// `registry/repository:tag` with `latest` for a missing tag and no digest:
-    /// the form stored in `org.opencontainers.image.ref.name`.
+    /// The name an image is stored under (`org.opencontainers.image.ref.name`):
+    /// [`Reference::tagged_name`], or `name@sha256:…` for a reference by
+    /// digest alone (pulled by digest: no tag is made or moved, as docker
+    /// keeps such an image untagged).
+    pub fn stored_name(&self) -> String {
+        match (&self.tag, &self.digest) {
+            (None, Some(_)) => self.to_string(),
+            _ => self.tagged_name(),
+        }
+    }
+
+    /// `registry/repository:tag` with `latest` for a missing tag and no digest.
     pub fn tagged_name(&self) -> String {
         format!("{}:{}", self.name(), self.tag_or_latest())
     }

@@ -1,7 +1,7 @@
 //! `forge build`: lowering against the store, running the build, progress
 //! output, tagging.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, ValueEnum};
 use forge_cache::image::host_architecture;
 use forge_cache::reference::Reference;
-use forge_cache::store::Store;
+use forge_cache::store::{ImageRecord, Store};
 use forge_cache::Sha256Digest;
 use forge_executor::build::{
     context_base_digest, named_context, BuildOptions, Event, NamedContext, Reporter,
@@ -178,6 +178,8 @@ struct StoreResolver<'s> {
     always_pull: bool,
     /// No pull progress lines (`-q`, `--progress quiet`).
     quiet: bool,
+    /// The references pulled by this build (each once, even with `--pull`).
+    pulled: Mutex<BTreeSet<String>>,
 }
 
 impl StoreResolver<'_> {
@@ -201,26 +203,43 @@ impl StoreResolver<'_> {
         if !self.quiet {
             eprintln!("pulled {} ({})", parsed.familiar(), pulled.repo_digest);
         }
+        self.pulled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(reference.to_string());
         Ok(())
+    }
+
+    /// The store's image `reference` (`NAME@sha256:D` is also the image
+    /// pulled from the index `D`: `Store::resolve` matches repo digests).
+    fn find(&self, reference: &str) -> Result<ImageRecord, String> {
+        self.store.resolve(reference).map_err(|e| {
+            format!("{e}; make it with `forge import` or `forge load`, or pull it from a registry")
+        })
+    }
+
+    /// The image `reference`, pulled first when it is a name the store
+    /// lacks (with `--pull`, any name, once per build).
+    fn image(&self, reference: &str) -> Result<ImageRecord, String> {
+        let in_store = self.find(reference);
+        let is_name = !reference.starts_with("sha256:") && Reference::parse(reference).is_ok();
+        let pulled_now = self
+            .pulled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(reference);
+        if is_name && !pulled_now && (self.always_pull || in_store.is_err()) {
+            self.pull(reference)?;
+            return self.find(reference);
+        }
+        in_store
     }
 }
 
 impl BaseResolver for StoreResolver<'_> {
     fn resolve(&self, reference: &str, _: Option<&str>) -> Result<Option<BaseImage>, String> {
-        let in_store = self.store.resolve(reference);
         // A name (not an ID) missing here, or any name with --pull: ask its registry.
-        let is_name = !reference.starts_with("sha256:") && Reference::parse(reference).is_ok();
-        if is_name && (self.always_pull || in_store.is_err()) {
-            self.pull(reference)?;
-        }
-        let record = match in_store {
-            Ok(record) if !self.always_pull => record,
-            _ => self.store.resolve(reference).map_err(|e| {
-                format!(
-                    "{e}; make it with `forge import` or `forge load`, or pull it from a registry"
-                )
-            })?,
-        };
+        let record = self.image(reference)?;
         if record.is_index() {
             return Err(format!(
                 "{reference} is a multi-platform index; forge builds from single-platform images for now"
@@ -1023,6 +1042,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             store: &store,
             always_pull: args.pull,
             quiet: args.quiet || matches!(args.progress, ProgressMode::Quiet),
+            pulled: Mutex::new(BTreeSet::new()),
         },
         named: &named_contexts,
     };
@@ -1059,6 +1079,19 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
     }
     let names: Vec<&str> = targets.iter().map(String::as_str).collect();
     let graph = forge_graph::compile(&ir, &names)?;
+    // Images that `COPY --from` and `RUN --mount from=` read: pulled as a
+    // FROM's are (the executor reads them from the store).
+    for (reference, _) in graph.image_sources() {
+        let image = match named_context(&named_contexts, reference) {
+            Some(NamedContext::Dir { .. }) => continue,
+            Some(NamedContext::Image(image)) => image.as_str(),
+            None => reference,
+        };
+        resolver.store.image(image).map_err(|e| Failure {
+            report: miette::miette!("{reference} (read by COPY --from or RUN --mount from=): {e}"),
+            code: 1,
+        })?;
+    }
 
     // The context, after .dockerignore, with content digests (a stat cache per
     // context directory keeps a no-op rebuild at about one lstat per file).

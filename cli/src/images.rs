@@ -264,7 +264,11 @@ pub fn images(args: &ImagesArgs) -> Result<(), Failure> {
     rows.push(header.into_iter().map(String::from).collect::<Vec<_>>());
     for rec in &records {
         let (repo, tag) = match &rec.reference {
-            Some(r) => (r.repository_familiar(), r.tag_or_latest().to_string()),
+            // Pulled by digest: no tag, as docker shows it.
+            Some(r) => (
+                r.repository_familiar(),
+                r.tag().unwrap_or("<none>").to_string(),
+            ),
             None => ("<none>".to_string(), "<none>".to_string()),
         };
         let size = human::size(image_size(&store, rec));

@@ -8,6 +8,7 @@ mod human;
 mod images;
 mod output;
 mod registry;
+mod transfer_view;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -94,6 +94,8 @@ fn short(digest: &Sha256Digest) -> String {
 
 /// Prints docker's per-blob status lines, once per state change.
 struct BlobLines {
+    /// On a terminal: docker's bars instead of lines.
+    view: Option<crate::transfer_view::TransferView>,
     quiet: bool,
     pull: bool,
     /// On stderr (in a build, whose stdout is the image ID).
@@ -103,7 +105,11 @@ struct BlobLines {
 
 impl BlobLines {
     fn new(quiet: bool, pull: bool) -> Self {
+        use std::io::IsTerminal;
+        let terminal =
+            std::io::stdout().is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
         Self {
+            view: (!quiet && terminal).then(|| crate::transfer_view::TransferView::new(pull)),
             quiet,
             pull,
             stderr: false,
@@ -114,6 +120,9 @@ impl BlobLines {
     fn event(&self, event: BlobEvent) {
         if self.quiet {
             return;
+        }
+        if let Some(view) = &self.view {
+            return view.event(event);
         }
         let (digest, status, extra) = match &event {
             BlobEvent::Exists(d) if self.pull => (*d, "Already exists", String::new()),
@@ -217,7 +226,11 @@ pub fn pull(args: &PullArgs) -> Result<(), Failure> {
         if args.quiet {
             println!("{}", r.familiar());
         } else if !args.all_tags {
-            println!("{}", r.tagged_name());
+            // docker's last line: `NAME:TAG`, or `NAME@DIGEST` for a digest.
+            match r.digest() {
+                Some(_) => println!("{r}"),
+                None => println!("{}", r.tagged_name()),
+            }
         }
     }
     Ok(())
@@ -235,6 +248,7 @@ pub(crate) fn push_reference(
     let record = store.resolve(&target.tagged_name())?;
     let lines = BlobLines {
         stderr: true,
+        view: None,
         ..BlobLines::new(quiet, false)
     };
     let pushed = transfer::push(store, registry, &record, target, PUSH_JOBS, &|e| {
@@ -339,8 +353,12 @@ pub fn search(args: &SearchArgs) -> Result<(), Failure> {
         },
     };
     let repositories = registry.catalog(&host, 100)?;
+    // Names from the registry go into URLs: only valid repository names.
     let matches: Vec<&String> = repositories
         .iter()
+        .filter(|r| {
+            Reference::parse(&format!("{host}/{r}")).is_ok_and(|p| p.repository() == r.as_str())
+        })
         .filter(|r| r.contains(&term))
         .take(args.limit)
         .collect();

@@ -9,7 +9,11 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::registry::{Request, TestRegistry};
+use common::registry::{pushed_digest, run_tool, skopeo_digest, Request, TestRegistry};
+
+fn skopeo(args: &[&str]) -> String {
+    run_tool("skopeo", args)
+}
 use common::{forge_cmd, ok, utf8, Fixture, TempDir};
 
 /// `forge ARGS` with the store `home` and an empty user config dir (or
@@ -19,40 +23,6 @@ fn forge_in(home: &Path, config: Option<&Path>, args: &[&str]) -> Output {
     let mut cmd = forge_cmd(home, args);
     cmd.env("XDG_CONFIG_HOME", config.unwrap_or(&empty));
     cmd.output().expect("forge runs")
-}
-
-fn skopeo(args: &[&str]) -> String {
-    let out = Command::new("skopeo")
-        .args(args)
-        .output()
-        .expect("skopeo runs");
-    assert!(
-        out.status.success(),
-        "skopeo {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// skopeo's digest of `docker://REF` (the manifest it resolves to).
-fn skopeo_digest(reference: &str) -> String {
-    let inspect: serde_json::Value = serde_json::from_str(&skopeo(&[
-        "inspect",
-        "--tls-verify=false",
-        &format!("docker://{reference}"),
-    ]))
-    .expect("skopeo inspect JSON");
-    inspect["Digest"].as_str().expect("a Digest").to_string()
-}
-
-/// The digest `forge push` printed (`TAG: digest: sha256:… size: N`).
-fn pushed_digest(stdout: &str) -> String {
-    stdout
-        .lines()
-        .find_map(|l| l.split_once(": digest: "))
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no digest line in:\n{stdout}"))
-        .to_string()
 }
 
 /// The `Digest:` line of `forge pull`.
@@ -378,17 +348,26 @@ fn reads_go_to_a_mirror_first() {
     std::fs::create_dir_all(config.path().join("forge")).expect("mkdir");
     std::fs::write(
         config.path().join("forge/config.toml"),
-        format!("[registries.mirrors]\n\"{origin}\" = [\"{}\"]\n", mirror.addr),
+        format!(
+            "[registries.mirrors]\n\"{origin}\" = [\"{}\"]\n",
+            mirror.addr
+        ),
     )
     .expect("config");
     let fresh = TempDir::new("registry-mirror-fresh");
     let name = format!("{origin}/x/bb:1");
     let mark = mirror.mark();
-    let out = ok(&forge_in(fresh.path(), Some(config.path()), &["pull", &name]));
+    let out = ok(&forge_in(
+        fresh.path(),
+        Some(config.path()),
+        &["pull", &name],
+    ));
     assert!(out.contains("Status: Downloaded newer image for"), "{out}");
     let served = mirror.requests_since(mark);
     assert!(
-        served.iter().any(|r| r.method == "GET" && r.path.contains("/x/bb/manifests/1")),
+        served
+            .iter()
+            .any(|r| r.method == "GET" && r.path.contains("/x/bb/manifests/1")),
         "{served:#?}"
     );
     assert_eq!(
@@ -397,8 +376,44 @@ fn reads_go_to_a_mirror_first() {
         "the mirror's image, under the origin's name"
     );
     // Without the mirror, the origin is unreachable: a clear error.
-    let out = forge_in(fresh.path(), None, &["pull", &format!("{origin}/x/other:1")]);
+    let out = forge_in(
+        fresh.path(),
+        None,
+        &["pull", &format!("{origin}/x/other:1")],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot reach the registry"), "{stderr}");
+}
+
+#[test]
+fn a_pull_by_digest_moves_no_tag() {
+    let registry = TestRegistry::start("by-digest");
+    let fx = Fixture::new("registry-by-digest");
+    let home = fx.home.path();
+    let latest = format!("{}/t/bb:latest", registry.addr);
+    let other = format!("{}/t/bb:other", registry.addr);
+    ok(&fx.build_tagged("FROM base\nRUN echo y > /y\n", &other, &[]));
+    ok(&forge_in(home, None, &["tag", "base:latest", &latest]));
+    ok(&forge_in(home, None, &["push", &latest]));
+    let digest = pushed_digest(&ok(&forge_in(home, None, &["push", &other])));
+    // A store where `latest` is the base pulls the other image by digest.
+    let fresh = TempDir::new("registry-by-digest-fresh");
+    ok(&forge_in(fresh.path(), None, &["pull", &latest]));
+    let pinned = format!("{}/t/bb@{digest}", registry.addr);
+    let out = ok(&forge_in(fresh.path(), None, &["pull", &pinned]));
+    assert!(out.trim_end().ends_with(&pinned), "{out}");
+    assert_eq!(
+        image_id(fresh.path(), &latest),
+        image_id(home, "base:latest"),
+        "latest still names the base"
+    );
+    assert_eq!(image_id(fresh.path(), &pinned), image_id(home, &other));
+    let listed = ok(&forge_in(fresh.path(), None, &["images"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("t/bb") && l.contains("<none>")),
+        "the pinned image is listed untagged:\n{listed}"
+    );
 }

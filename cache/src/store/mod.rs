@@ -417,7 +417,7 @@ impl Store {
             }
         }
         self.check_complete(digest, manifest.media_type().as_ref())?;
-        let name = reference.tagged_name();
+        let name = reference.stored_name();
         let mut entry = manifest.clone();
         let mut annotations = entry.annotations().clone().unwrap_or_default();
         annotations.insert(REF_NAME_ANNOTATION.to_string(), name.clone());
@@ -440,7 +440,7 @@ impl Store {
     /// Removes the entry tagged `reference`; `false` if there was none. Blobs
     /// stay until [`Store::prune`].
     pub fn untag(&self, reference: &Reference) -> Result<bool, CacheError> {
-        let name = reference.tagged_name();
+        let name = reference.stored_name();
         self.update_index(|manifests| {
             let before = manifests.len();
             manifests.retain(|d| ref_name(d) != Some(name.as_str()));
@@ -472,20 +472,27 @@ impl Store {
                 .iter()
                 .find(|r| r.digest == digest)
                 .or_else(|| images.iter().find(|r| r.id == Some(digest)))
+                .or_else(|| images.iter().find(|r| r.repo_digest == Some(digest)))
                 .cloned()
                 .ok_or_else(not_found);
         }
         if let Ok(reference) = Reference::parse(query) {
             let found = match reference.digest() {
-                Some(digest) => images
-                    .iter()
-                    .filter(|r| r.digest == *digest)
-                    .find(|r| {
-                        r.reference
-                            .as_ref()
-                            .is_some_and(|n| n.name() == reference.name())
-                    })
-                    .or_else(|| images.iter().find(|r| r.digest == *digest)),
+                // The manifest's digest, or the one it was pulled by (an
+                // index's), this name's entry first.
+                Some(digest) => {
+                    let known_as =
+                        |r: &&ImageRecord| r.digest == *digest || r.repo_digest == Some(*digest);
+                    images
+                        .iter()
+                        .filter(known_as)
+                        .find(|r| {
+                            r.reference
+                                .as_ref()
+                                .is_some_and(|n| n.name() == reference.name())
+                        })
+                        .or_else(|| images.iter().find(known_as))
+                }
                 None => {
                     let name = reference.tagged_name();
                     images

@@ -169,3 +169,41 @@ impl Drop for TestRegistry {
         let _ = self.child.wait();
     }
 }
+
+/// Runs a peer tool (skopeo, buildah), asserting success; its stdout.
+pub fn run_tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// skopeo's digest of `docker://REF` (the manifest it resolves to).
+pub fn skopeo_digest(reference: &str) -> String {
+    let inspect: serde_json::Value = serde_json::from_str(&run_tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
+    ))
+    .expect("skopeo inspect JSON");
+    inspect["Digest"].as_str().expect("a Digest").to_string()
+}
+
+/// The digest `forge push` printed (`TAG: digest: sha256:… size: N`).
+pub fn pushed_digest(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.split_once(": digest: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no digest line in:\n{stdout}"))
+        .to_string()
+}
