@@ -205,7 +205,8 @@ pub fn pull(args: &PullArgs) -> Result<(), Failure> {
                 "e.g. forge pull -a registry.lan:5000/team/app",
             ));
         }
-        let tags = registry.tags(reference.registry(), reference.repository())?;
+        let mut tags = registry.tags(reference.registry(), reference.repository())?;
+        tags.sort();
         if tags.is_empty() {
             return Err(usage(
                 format!(

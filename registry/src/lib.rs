@@ -253,9 +253,13 @@ impl Registry {
                     errors,
                 })
             }
+            // Not `t.to_string()`: it repeats the URL the error already names.
             Err(ureq::Error::Transport(t)) => Err(RegistryError::Transport {
                 url: url.to_string(),
-                message: t.to_string(),
+                message: match t.message() {
+                    Some(m) => format!("{}: {m}", t.kind()),
+                    None => t.kind().to_string(),
+                },
             }),
         }
     }

@@ -131,7 +131,8 @@ pub struct Pulled {
     pub image_id: Sha256Digest,
     /// How many blobs were downloaded (0: the store had them all).
     pub downloaded: usize,
-    /// Whether the name now points at another image than before.
+    /// Whether the name now points at another image than before (by
+    /// digest: whether any blob had to be downloaded).
     pub changed: bool,
 }
 
@@ -332,7 +333,12 @@ pub fn pull(
         manifest_digest: manifest.digest,
         image_id: blobs[0].0,
         downloaded: missing.len(),
-        changed: before != Some(manifest.digest),
+        // A digest names its content: it is new only if something came.
+        changed: if reference.digest().is_some() {
+            !missing.is_empty()
+        } else {
+            before != Some(manifest.digest)
+        },
     })
 }
 
