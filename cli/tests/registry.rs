@@ -97,6 +97,25 @@ fn push_and_pull_agree_with_skopeo() {
         inspect.contains(&format!("{}/team/sk@{skopeo_says}", registry.addr)),
         "{inspect}"
     );
+    // Docker's v2 schema 2 media types (skopeo converts): pulled the same.
+    let v2s2 = format!("{}/team/v2s2:1", registry.addr);
+    skopeo(&[
+        "copy",
+        "--format",
+        "v2s2",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:docker.io/library/base:latest", utf8(home)),
+        &format!("docker://{v2s2}"),
+    ]);
+    let raw = skopeo(&["inspect", "--raw", "--tls-verify=false", &format!("docker://{v2s2}")]);
+    assert!(
+        raw.contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "{raw}"
+    );
+    let out = ok(&forge_in(fresh2.path(), None, &["pull", &v2s2]));
+    assert_eq!(pulled_digest(&out), skopeo_digest(&v2s2), "{out}");
+    let inspect = ok(&forge_in(fresh2.path(), None, &["inspect", &v2s2]));
+    assert!(inspect.contains("\"Layers\""), "{inspect}");
     // A digest the registry does not have fails loudly.
     let missing = format!("{}/team/sk@sha256:{}", registry.addr, "0".repeat(64));
     let out = forge_in(fresh2.path(), None, &["pull", &missing]);
