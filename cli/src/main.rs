@@ -6,6 +6,7 @@ mod build;
 mod config;
 mod human;
 mod images;
+mod login;
 mod output;
 mod registry;
 mod transfer_view;
@@ -58,6 +59,10 @@ enum Command {
     Push(registry::PushArgs),
     /// List a registry's repositories whose name contains a term.
     Search(registry::SearchArgs),
+    /// Log in to a registry: check the credentials and save them.
+    Login(login::LoginArgs),
+    /// Remove a registry's saved credentials.
+    Logout(login::LogoutArgs),
     /// Check the store; `--repair` removes what is broken.
     Fsck(images::FsckArgs),
     /// Remove blobs no image, build or container uses.
@@ -205,6 +210,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Pull(args) => registry::pull(&args),
         Command::Push(args) => registry::push(&args),
         Command::Search(args) => registry::search(&args),
+        Command::Login(args) => login::login(&args),
+        Command::Logout(args) => login::logout(&args),
         Command::Fsck(args) => images::fsck(&args),
         Command::Prune(args) => config::prune(&args),
         Command::Build(args) => {

@@ -21,7 +21,7 @@ pub enum RegistryError {
     #[error("{method} {url}: the registry answered {status}{}", describe(.errors))]
     #[diagnostic(
         code(registry::status),
-        help("check the name and the tag; a 401 or 403 means the registry wants credentials (`forge login` comes with the registry issues)")
+        help("check the name and the tag; a 401 or 403 means the registry wants credentials (`forge login REGISTRY`) or refuses them for this repository")
     )]
     Status {
         /// The request's method.
@@ -105,6 +105,51 @@ pub enum RegistryError {
         /// The registry.
         registry: String,
     },
+    /// The registry wants credentials, and none were found for it.
+    #[error("{registry} wants credentials: {method} {url} was answered 401 Unauthorized, and there are none for {registry}")]
+    #[diagnostic(
+        code(registry::auth_required),
+        help("log in first: `forge login {registry}` (forge also reads docker's ~/.docker/config.json and podman's auth.json, and their credential helpers)")
+    )]
+    AuthRequired {
+        /// The registry (`host[:port]`).
+        registry: String,
+        /// The request's method.
+        method: &'static str,
+        /// The URL.
+        url: String,
+    },
+    /// The registry (or its token service) refused the credentials, or
+    /// they do not give the access asked for.
+    #[error("{registry} refused the credentials of `{username}` ({origin}) for {scope}{detail}")]
+    #[diagnostic(
+        code(registry::auth_refused),
+        help("check the user name and the password (`forge login {registry}` checks and saves new ones); if they are right, the user lacks this access to the repository")
+    )]
+    AuthRefused {
+        /// The registry (`host[:port]`).
+        registry: String,
+        /// The user name used.
+        username: String,
+        /// Where the credentials came from (`from FILE`, `from a helper`).
+        origin: String,
+        /// The access asked for (`repository:team/app:pull,push`).
+        scope: String,
+        /// What the registry or its token service said (`: …`), if anything.
+        detail: String,
+    },
+    /// A credentials file or a credential helper failed.
+    #[error("credentials for {registry}: {reason}")]
+    #[diagnostic(
+        code(registry::credentials),
+        help("fix or remove the file, or install the helper it names (docker-credential-NAME on PATH)")
+    )]
+    Credentials {
+        /// The registry whose credentials were looked up or saved.
+        registry: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The store (reading what to push, writing what was pulled).
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -150,13 +195,29 @@ fn describe(errors: &[RegistryErrorEntry]) -> String {
     format!(" ({})", parts.join("; "))
 }
 
+/// The registry's error entries of a [`RegistryError::Status`], as text
+/// (empty for anything else).
+pub(crate) fn describe_entries(error: &RegistryError) -> String {
+    match error {
+        RegistryError::Status { errors, .. } => describe(errors)
+            .trim_start_matches(" (")
+            .trim_end_matches(')')
+            .to_string(),
+        _ => String::new(),
+    }
+}
+
 impl RegistryError {
     /// Whether the error is the user's input (a name, a tag, a digest) rather
     /// than the environment (the network, the registry's state).
     pub fn is_input_error(&self) -> bool {
         matches!(
             self,
-            Self::NotFound { .. } | Self::NoCatalog { .. } | Self::NoPlatform { .. }
+            Self::NotFound { .. }
+                | Self::NoCatalog { .. }
+                | Self::NoPlatform { .. }
+                | Self::AuthRequired { .. }
+                | Self::AuthRefused { .. }
         ) || matches!(self, Self::Status { status, .. } if (400..500).contains(status))
     }
 }

@@ -21,15 +21,23 @@
 //! insecure ([`Options::insecure`]) are spoken to over plain HTTP, others
 //! over HTTPS; `docker.io` is `registry-1.docker.io`. Reads (manifests,
 //! blobs, tags) try the registry's mirrors ([`Options::mirrors`]) first.
-//! No authentication yet (anonymous access only): `forge login` and tokens
-//! come with the registry issues' second part.
+//!
+//! Authentication ([`auth`]): credentials from forge's, docker's and
+//! podman's files and credential helpers ([`Options::keychain`]); a `401`'s
+//! challenge is answered with Basic auth or a bearer token for the
+//! request's scope, and the request is sent once more. Tokens are cached
+//! per (host, scope) until they expire, and `Authorization` never goes to
+//! another host than the one that asked for it.
 
+pub mod auth;
 mod error;
 pub mod transfer;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::sync::Arc;
 
+use auth::{AuthState, Keychain, Scope};
 use forge_cache::Sha256Digest;
 use sha2::{Digest as _, Sha256};
 
@@ -59,6 +67,9 @@ pub struct Options {
     /// Blobs up to this size go up in one `PUT`; larger ones in `PATCH`
     /// chunks of this size.
     pub chunk_size: u64,
+    /// Where credentials come from (default: the user's files,
+    /// [`Keychain::from_env`]; they are read only when a registry asks).
+    pub keychain: Keychain,
 }
 
 impl Default for Options {
@@ -67,6 +78,7 @@ impl Default for Options {
             insecure: Vec::new(),
             mirrors: BTreeMap::new(),
             chunk_size: 16 << 20,
+            keychain: Keychain::from_env(),
         }
     }
 }
@@ -98,11 +110,20 @@ enum Body<'a> {
     Reader(&'a mut dyn Read, u64),
 }
 
-/// A registry client (cheap to clone; one connection pool).
+/// A registry's error body (`{"errors": [...]}`).
+#[derive(serde::Deserialize)]
+pub(crate) struct ErrorBody {
+    #[serde(default)]
+    pub(crate) errors: Vec<RegistryErrorEntry>,
+}
+
+/// A registry client (cheap to clone; one connection pool, one token
+/// cache).
 #[derive(Debug, Clone)]
 pub struct Registry {
     agent: ureq::Agent,
     options: Options,
+    auth: Arc<AuthState>,
 }
 
 /// `host` without its port (`[::1]:5000` → `[::1]`).
@@ -167,6 +188,7 @@ impl Registry {
     pub fn new(http: &forge_http::Client, options: Options) -> Self {
         Self {
             agent: http.agent().clone(),
+            auth: Arc::new(AuthState::new(options.keychain.clone())),
             options,
         }
     }
@@ -212,46 +234,69 @@ impl Registry {
         bases
     }
 
-    fn call(
+    /// Sends one request (with `authorization`, if any); ureq's answer
+    /// (its error is large, and handled right away).
+    #[allow(clippy::result_large_err)]
+    fn send(
         &self,
         method: &'static str,
         url: &str,
         headers: &[(&str, &str)],
-        body: Body<'_>,
-    ) -> Result<ureq::Response, RegistryError> {
+        body: &mut Body<'_>,
+        authorization: Option<&str>,
+    ) -> Result<ureq::Response, ureq::Error> {
         let mut request = self.agent.request(method, url);
         for (name, value) in headers {
             request = request.set(name, value);
         }
-        let result = match body {
+        // ureq drops this header on every redirect (its default
+        // `RedirectAuthHeaders::Never`): a blob sent on to storage
+        // elsewhere never sees it (`auth`'s cross-host rule, tested below).
+        if let Some(value) = authorization {
+            request = request.set("Authorization", value);
+        }
+        match body {
             Body::Empty => request.call(),
             Body::Bytes(bytes) => request.send_bytes(bytes),
-            Body::Reader(reader, len) => {
-                request.set("Content-Length", &len.to_string()).send(reader)
-            }
-        };
+            Body::Reader(reader, len) => request
+                .set("Content-Length", &len.to_string())
+                .send(&mut **reader),
+        }
+    }
+
+    /// The error of an error status (its body's error entries read).
+    fn status_error(
+        method: &'static str,
+        url: &str,
+        status: u16,
+        response: ureq::Response,
+    ) -> RegistryError {
+        let mut text = String::new();
+        let _ = response
+            .into_reader()
+            .take(64 << 10)
+            .read_to_string(&mut text);
+        let errors = serde_json::from_str::<ErrorBody>(&text)
+            .map(|e| e.errors)
+            .unwrap_or_default();
+        RegistryError::Status {
+            method,
+            url: url.to_string(),
+            status,
+            errors,
+        }
+    }
+
+    /// ureq's answer as this crate's result.
+    fn answer(
+        method: &'static str,
+        url: &str,
+        result: Result<ureq::Response, ureq::Error>,
+    ) -> Result<ureq::Response, RegistryError> {
         match result {
             Ok(response) => Ok(response),
             Err(ureq::Error::Status(status, response)) => {
-                let mut text = String::new();
-                let _ = response
-                    .into_reader()
-                    .take(64 << 10)
-                    .read_to_string(&mut text);
-                #[derive(serde::Deserialize)]
-                struct Errors {
-                    #[serde(default)]
-                    errors: Vec<RegistryErrorEntry>,
-                }
-                let errors = serde_json::from_str::<Errors>(&text)
-                    .map(|e| e.errors)
-                    .unwrap_or_default();
-                Err(RegistryError::Status {
-                    method,
-                    url: url.to_string(),
-                    status,
-                    errors,
-                })
+                Err(Self::status_error(method, url, status, response))
             }
             // Not `t.to_string()`: it repeats the URL the error already names.
             Err(ureq::Error::Transport(t)) => Err(RegistryError::Transport {
@@ -261,6 +306,121 @@ impl Registry {
                     None => t.kind().to_string(),
                 },
             }),
+        }
+    }
+
+    /// The error of a request that ended with a `401`.
+    fn unauthorized(
+        method: &'static str,
+        url: &str,
+        host: &str,
+        scope: &Scope,
+        found: Option<auth::Found>,
+        detail: String,
+    ) -> RegistryError {
+        match found {
+            None => RegistryError::AuthRequired {
+                registry: host.to_string(),
+                method,
+                url: url.to_string(),
+            },
+            Some(found) => RegistryError::AuthRefused {
+                registry: host.to_string(),
+                username: found.credentials.username,
+                origin: found.origin,
+                scope: scope.to_string(),
+                detail: if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {detail}")
+                },
+            },
+        }
+    }
+
+    /// Sends a request needing `scope`: with the Basic header or a token
+    /// when the host's challenge is known; on a `401`, with what its
+    /// challenge asks for, once more.
+    ///
+    /// A one-shot body ([`Body::Reader`], an upload's bytes) cannot be sent
+    /// twice, so it is never answered by a challenge: it goes after the
+    /// `POST` that opened its upload session, whose `401` (if any) taught
+    /// the client the host's challenge, and so carries the push scope's
+    /// token (fetched before it, if the cached one expired) or the Basic
+    /// header. A `401` to it anyway is an error.
+    fn call(
+        &self,
+        method: &'static str,
+        url: &str,
+        headers: &[(&str, &str)],
+        mut body: Body<'_>,
+        scope: &Scope,
+    ) -> Result<ureq::Response, RegistryError> {
+        let host = auth::authority(url);
+        let sent = self.auth.before(&self.agent, &host, scope)?;
+        let first = self.send(method, url, headers, &mut body, sent.header().as_deref());
+        let (challenge, refused) = match first {
+            Err(ureq::Error::Status(401, response)) => {
+                let values: Vec<String> = response
+                    .all("WWW-Authenticate")
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+                let refused = Self::status_error(method, url, 401, response);
+                match auth::parse_challenge(&values) {
+                    Some(challenge) => (challenge, refused),
+                    // Nothing to answer: the 401 as it is.
+                    None => return Err(refused),
+                }
+            }
+            other => return Self::answer(method, url, other),
+        };
+        let retry = match self
+            .auth
+            .after(&self.agent, &host, scope, &challenge, &sent)?
+        {
+            Ok(retry) => retry,
+            Err(refusal) => {
+                let detail = if refusal.detail.is_empty() {
+                    error::describe_entries(&refused)
+                } else {
+                    refusal.detail
+                };
+                return Err(Self::unauthorized(
+                    method,
+                    url,
+                    &host,
+                    scope,
+                    refusal.found,
+                    detail,
+                ));
+            }
+        };
+        if matches!(body, Body::Reader(..)) {
+            let found = self.auth.credentials(&host)?;
+            return Err(Self::unauthorized(
+                method,
+                url,
+                &host,
+                scope,
+                found,
+                "the registry asked for credentials in the middle of an upload".into(),
+            ));
+        }
+        match self.send(method, url, headers, &mut body, retry.header().as_deref()) {
+            Err(ureq::Error::Status(401, response)) => {
+                let refused = Self::status_error(method, url, 401, response);
+                let found = self.auth.credentials(&host)?;
+                Err(Self::unauthorized(
+                    method,
+                    url,
+                    &host,
+                    scope,
+                    found,
+                    error::describe_entries(&refused),
+                ))
+            }
+            other => Self::answer(method, url, other),
         }
     }
 
@@ -298,7 +458,13 @@ impl Registry {
         let accept = MANIFEST_TYPES.join(", ");
         self.read_from(registry, |base| {
             let url = format!("{base}/v2/{repository}/manifests/{reference}");
-            let response = match self.call("GET", &url, &[("Accept", &accept)], Body::Empty) {
+            let response = match self.call(
+                "GET",
+                &url,
+                &[("Accept", &accept)],
+                Body::Empty,
+                &Scope::pull(repository),
+            ) {
                 Err(RegistryError::Status { status: 404, .. }) => {
                     return Err(RegistryError::NotFound {
                         reference: format!("{registry}/{repository}:{reference}")
@@ -365,7 +531,13 @@ impl Registry {
             "{}/v2/{repository}/manifests/{reference}",
             self.base_url(registry)
         );
-        match self.call("HEAD", &url, &[("Accept", &accept)], Body::Empty) {
+        match self.call(
+            "HEAD",
+            &url,
+            &[("Accept", &accept)],
+            Body::Empty,
+            &Scope::pull(repository),
+        ) {
             Ok(response) => match response.header("Docker-Content-Digest") {
                 Some(d) => d.parse().map(Some).map_err(|_| RegistryError::Protocol {
                     url,
@@ -403,7 +575,8 @@ impl Registry {
         let mut last = None;
         for base in &bases {
             let url = format!("{base}/v2/{repository}/blobs/{digest}");
-            let response = match self.call("GET", &url, &[], Body::Empty) {
+            let response = match self.call("GET", &url, &[], Body::Empty, &Scope::pull(repository))
+            {
                 Ok(r) => r,
                 Err(e) => {
                     last = Some(e);
@@ -459,15 +632,28 @@ impl Registry {
         }))
     }
 
-    /// Whether `repository` has blob `digest` (a `HEAD`).
+    /// Whether `repository` has blob `digest` (a `HEAD`, asking for read
+    /// access).
     pub fn has_blob(
         &self,
         registry: &str,
         repository: &str,
         digest: &Sha256Digest,
     ) -> Result<bool, RegistryError> {
+        self.blob_exists(registry, repository, digest, &Scope::pull(repository))
+    }
+
+    /// [`Registry::has_blob`] as a push asks it: with the push scope, so
+    /// that a push needs one token.
+    pub(crate) fn blob_exists(
+        &self,
+        registry: &str,
+        repository: &str,
+        digest: &Sha256Digest,
+        scope: &Scope,
+    ) -> Result<bool, RegistryError> {
         let url = format!("{}/v2/{repository}/blobs/{digest}", self.base_url(registry));
-        match self.call("HEAD", &url, &[], Body::Empty) {
+        match self.call("HEAD", &url, &[], Body::Empty, scope) {
             Ok(_) => Ok(true),
             Err(RegistryError::Status { status: 404, .. }) => Ok(false),
             Err(e) => Err(e),
@@ -490,7 +676,11 @@ impl Registry {
         if let Some(from) = mount_from {
             url = with_query(&url, &format!("mount={digest}&from={from}"));
         }
-        let response = self.call("POST", &url, &[], Body::Bytes(&[]))?;
+        let scope = match mount_from {
+            Some(from) => Scope::mount(repository, from),
+            None => Scope::push(repository),
+        };
+        let response = self.call("POST", &url, &[], Body::Bytes(&[]), &scope)?;
         if response.status() == 201 {
             return Ok(Upload::Mounted);
         }
@@ -504,12 +694,16 @@ impl Registry {
     }
 
     /// Sends blob `digest` (`size` bytes from `body`) into the upload
-    /// `session` (from [`Registry::start_upload`]): one `PUT` up to
-    /// [`Options::chunk_size`], else `PATCH` chunks with `Content-Range`
-    /// then a closing `PUT`. `progress` gets the bytes sent so far.
+    /// `session` (from [`Registry::start_upload`] for `repository`): one
+    /// `PUT` up to [`Options::chunk_size`], else `PATCH` chunks with
+    /// `Content-Range` then a closing `PUT`. `progress` gets the bytes sent
+    /// so far. The requests carry what the `POST` that opened the session
+    /// was authorized with (their bodies cannot be sent twice).
+    #[allow(clippy::too_many_arguments)]
     pub fn upload(
         &self,
         registry: &str,
+        repository: &str,
         session: &str,
         digest: &Sha256Digest,
         size: u64,
@@ -518,10 +712,11 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let base = self.base_url(registry);
         let octets = ("Content-Type", "application/octet-stream");
+        let scope = Scope::push(repository);
         let chunk = self.options.chunk_size.max(1);
         if size <= chunk {
             let url = with_query(session, &format!("digest={digest}"));
-            self.call("PUT", &url, &[octets], Body::Reader(body, size))?;
+            self.call("PUT", &url, &[octets], Body::Reader(body, size), &scope)?;
             progress(size);
             return Ok(());
         }
@@ -536,6 +731,7 @@ impl Registry {
                 &location,
                 &[octets, ("Content-Range", &range)],
                 Body::Reader(&mut part, len),
+                &scope,
             )?;
             if let Some(next) = response.header("Location") {
                 location = absolute(&base, next);
@@ -544,7 +740,7 @@ impl Registry {
             progress(sent);
         }
         let url = with_query(&location, &format!("digest={digest}"));
-        self.call("PUT", &url, &[octets], Body::Bytes(&[]))?;
+        self.call("PUT", &url, &[octets], Body::Bytes(&[]), &scope)?;
         Ok(())
     }
 
@@ -567,6 +763,7 @@ impl Registry {
             &url,
             &[("Content-Type", media_type)],
             Body::Bytes(bytes),
+            &Scope::push(repository),
         )?;
         let digest = forge_cache::store::sha256(bytes);
         if let Some(sent) = response.header("Docker-Content-Digest") {
@@ -587,11 +784,12 @@ impl Registry {
         base: &str,
         first: String,
         field: &str,
+        scope: &Scope,
     ) -> Result<Vec<String>, RegistryError> {
         let mut out = Vec::new();
         let mut url = first;
         for _ in 0..10_000 {
-            let response = self.call("GET", &url, &[], Body::Empty)?;
+            let response = self.call("GET", &url, &[], Body::Empty, scope)?;
             let next = next_link(response.header("Link")).map(|n| absolute(base, &n));
             let mut text = String::new();
             response
@@ -626,7 +824,7 @@ impl Registry {
     pub fn catalog(&self, registry: &str, page: usize) -> Result<Vec<String>, RegistryError> {
         let base = self.base_url(registry);
         let first = format!("{base}/v2/_catalog?n={page}");
-        match self.paginated(&base, first, "repositories") {
+        match self.paginated(&base, first, "repositories", &Scope::catalog()) {
             Err(RegistryError::Status {
                 status: 404 | 405, ..
             }) => Err(RegistryError::NoCatalog {
@@ -641,7 +839,7 @@ impl Registry {
     pub fn tags(&self, registry: &str, repository: &str) -> Result<Vec<String>, RegistryError> {
         let base = self.base_url(registry);
         let first = format!("{base}/v2/{repository}/tags/list");
-        match self.paginated(&base, first, "tags") {
+        match self.paginated(&base, first, "tags", &Scope::pull(repository)) {
             Err(RegistryError::Status { status: 404, .. }) => Ok(Vec::new()),
             other => other,
         }
@@ -651,16 +849,271 @@ impl Registry {
     /// (any status: 401 also means it is there).
     pub fn ping(&self, registry: &str) -> Result<(), RegistryError> {
         let url = format!("{}/v2/", self.base_url(registry));
-        match self.call("GET", &url, &[], Body::Empty) {
-            Ok(_) | Err(RegistryError::Status { .. }) => Ok(()),
-            Err(e) => Err(e),
+        match self.send("GET", &url, &[], &mut Body::Empty, None) {
+            Ok(_) | Err(ureq::Error::Status(..)) => Ok(()),
+            other => Self::answer("GET", &url, other).map(|_| ()),
         }
+    }
+
+    /// Checks that `registry` lets this client in: `GET /v2/` answered
+    /// with the challenge flow (Basic auth, or a token with no scope), as
+    /// `docker login` checks. A registry that asks for nothing lets
+    /// anyone in. A `401` with the keychain's credentials is
+    /// [`RegistryError::AuthRefused`].
+    pub fn check_login(&self, registry: &str) -> Result<(), RegistryError> {
+        let url = format!("{}/v2/", self.base_url(registry));
+        self.call("GET", &url, &[], Body::Empty, &Scope::none())
+            .map(|_| ())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// A tiny HTTP server on `ip` answering each request (its head, as
+    /// text) with `answer`'s response; what it was asked, in order.
+    struct Server {
+        addr: String,
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Server {
+        fn start(ip: &str, answer: impl Fn(&str) -> String + Send + 'static) -> Self {
+            let listener = std::net::TcpListener::bind((ip, 0)).expect("bind");
+            let addr = listener.local_addr().expect("addr").to_string();
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let log = Arc::clone(&seen);
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(mut stream) = stream else { continue };
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => break,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let response = answer(&head);
+                    log.lock().expect("log").push(head);
+                    let _ = stream.write_all(response.as_bytes());
+                }
+            });
+            Self { addr, seen }
+        }
+
+        fn seen(&self) -> Vec<String> {
+            self.seen.lock().expect("log").clone()
+        }
+    }
+
+    fn respond(status: &str, headers: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn authorization(head: &str) -> Option<String> {
+        head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("authorization")
+                .then(|| value.trim().to_string())
+        })
+    }
+
+    /// The token flow against a registry on 127.0.0.1 whose blob is
+    /// redirected to storage on 127.0.0.2: the token is asked for once with
+    /// the credentials and the scope, sent to the registry only, and
+    /// `Authorization` never reaches the other host.
+    #[test]
+    fn tokens_are_cached_and_never_cross_hosts() {
+        // Another host: all of 127.0.0.0/8 is loopback on Linux.
+        let storage = Server::start("127.0.0.2", |_| respond("200 OK", "", "hello"));
+        let tokens = Server::start("127.0.0.1", |head| {
+            if authorization(head).as_deref() == Some("Basic dTpw") {
+                respond("200 OK", "", r#"{"access_token": "T1", "expires_in": 300}"#)
+            } else {
+                respond("401 Unauthorized", "", "")
+            }
+        });
+        let realm = format!("http://{}/token", tokens.addr);
+        let blob_url = format!("http://{}/blob", storage.addr);
+        let registry_server = Server::start("127.0.0.1", move |head| {
+            if authorization(head).as_deref() == Some("Bearer T1") {
+                respond(
+                    "307 Temporary Redirect",
+                    &format!("Location: {blob_url}\r\n"),
+                    "",
+                )
+            } else {
+                let challenge = format!(
+                    "WWW-Authenticate: Bearer realm=\"{realm}\",service=\"reg\",scope=\"repository:team/app:pull\"\r\n"
+                );
+                respond("401 Unauthorized", &challenge, "")
+            }
+        });
+        let host = registry_server.addr.clone();
+        let keychain = Keychain::anonymous().with_credentials(
+            &host,
+            auth::Credentials {
+                username: "u".into(),
+                password: "p".into(),
+            },
+        );
+        let options = Options {
+            keychain,
+            ..Options::default()
+        };
+        let client = Registry::new(&forge_http::Client::new(), options);
+        let digest = forge_cache::store::sha256(b"hello");
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            let n = client
+                .fetch_blob(&host, "team/app", &digest, Some(5), &mut out, true, &|_| {})
+                .expect("the blob comes through the redirect");
+            assert_eq!((n, out.as_slice()), (5, &b"hello"[..]));
+        }
+        // One 401, then the token, sent proactively the second time.
+        let asked = registry_server.seen();
+        let auths: Vec<Option<String>> = asked.iter().map(|h| authorization(h)).collect();
+        assert_eq!(
+            auths,
+            [None, Some("Bearer T1".into()), Some("Bearer T1".into())],
+            "{asked:?}"
+        );
+        let token_requests = tokens.seen();
+        assert_eq!(token_requests.len(), 1, "{token_requests:?}");
+        assert!(
+            token_requests[0].starts_with(
+                "GET /token?service=reg&scope=repository%3Ateam%2Fapp%3Apull&account=u "
+            ),
+            "{token_requests:?}"
+        );
+        // The storage host got both downloads, never with Authorization.
+        let fetched = storage.seen();
+        assert_eq!(fetched.len(), 2, "{fetched:?}");
+        assert!(
+            fetched.iter().all(|h| authorization(h).is_none()),
+            "{fetched:?}"
+        );
+    }
+
+    /// A token is used until it expires, then a new one is fetched before
+    /// the request (no second 401).
+    #[test]
+    fn expired_tokens_are_fetched_again() {
+        let tokens = Server::start("127.0.0.1", |head| {
+            // `expires_in` 1: gone at once (less the margin).
+            let life = if head.contains("scope=repository%3Ashort") {
+                1
+            } else {
+                300
+            };
+            respond(
+                "200 OK",
+                "",
+                &format!(r#"{{"token": "T", "expires_in": {life}}}"#),
+            )
+        });
+        let realm = format!("http://{}/token", tokens.addr);
+        let server = Server::start("127.0.0.1", move |head| {
+            if authorization(head).as_deref() == Some("Bearer T") {
+                respond("200 OK", "", r#"{"tags": []}"#)
+            } else {
+                let challenge = format!("WWW-Authenticate: Bearer realm=\"{realm}\"\r\n");
+                respond("401 Unauthorized", &challenge, "")
+            }
+        });
+        let client = Registry::new(
+            &forge_http::Client::new(),
+            Options {
+                keychain: Keychain::anonymous(),
+                ..Options::default()
+            },
+        );
+        for repository in ["long", "long", "long", "short", "short", "short"] {
+            client.tags(&server.addr, repository).expect("tags");
+        }
+        let scopes: Vec<String> = tokens
+            .seen()
+            .iter()
+            .map(|h| h.split_whitespace().nth(1).unwrap_or("").to_string())
+            .collect();
+        assert_eq!(
+            scopes,
+            [
+                "/token?scope=repository%3Along%3Apull",
+                "/token?scope=repository%3Ashort%3Apull",
+                "/token?scope=repository%3Ashort%3Apull",
+                "/token?scope=repository%3Ashort%3Apull",
+            ]
+        );
+        // Only the very first request was refused.
+        let refused = server
+            .seen()
+            .iter()
+            .filter(|h| authorization(h).is_none())
+            .count();
+        assert_eq!(refused, 1);
+    }
+
+    /// Basic auth: learned from the first 401, then sent with every
+    /// request; wrong credentials are refused with a clear error, none at
+    /// all ask for `forge login`.
+    #[test]
+    fn basic_auth_and_its_errors() {
+        let server = Server::start("127.0.0.1", |head| match authorization(head).as_deref() {
+            Some("Basic dTpw") => respond("200 OK", "", r#"{"tags": ["1"]}"#),
+            _ => respond(
+                "401 Unauthorized",
+                "WWW-Authenticate: Basic realm=\"r\"\r\nContent-Type: application/json\r\n",
+                r#"{"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}"#,
+            ),
+        });
+        let host = server.addr.clone();
+        let with = |password: &str| {
+            let keychain = Keychain::anonymous().with_credentials(
+                &host,
+                auth::Credentials {
+                    username: "u".into(),
+                    password: password.into(),
+                },
+            );
+            Registry::new(
+                &forge_http::Client::new(),
+                Options {
+                    keychain,
+                    ..Options::default()
+                },
+            )
+        };
+        let good = with("p");
+        assert_eq!(good.tags(&host, "a").expect("tags"), ["1"]);
+        assert_eq!(good.tags(&host, "b").expect("tags"), ["1"]);
+        good.check_login(&host).expect("logged in");
+        // 401, then Basic from then on.
+        assert_eq!(server.seen().len(), 4, "{:?}", server.seen());
+        let err = with("wrong").tags(&host, "a").expect_err("refused");
+        assert!(
+            matches!(&err, RegistryError::AuthRefused { username, .. } if username == "u"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("UNAUTHORIZED"), "{err}");
+        let anonymous = Registry::new(
+            &forge_http::Client::new(),
+            Options {
+                keychain: Keychain::anonymous(),
+                ..Options::default()
+            },
+        );
+        let err = anonymous.tags(&host, "a").expect_err("refused");
+        assert!(matches!(err, RegistryError::AuthRequired { .. }), "{err:?}");
+        assert!(err.is_input_error());
+    }
 
     #[test]
     fn loopback_and_listed_registries_are_plain_http() {

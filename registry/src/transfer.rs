@@ -8,7 +8,9 @@
 //! `HEAD` first, mounts it from another repository of the same registry
 //! where the store knows one that has it, uploads the rest in parallel, and
 //! puts the manifest last, so the registry never holds a manifest whose
-//! blobs are missing.
+//! blobs are missing. Every request of a push asks for the repository's
+//! push scope (a mount also for reading the other repository; refused, the
+//! blob is uploaded instead), so a push needs one token.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -19,6 +21,7 @@ use forge_cache::{CacheError, Sha256Digest};
 use oci_spec::image::{Descriptor, Digest, MediaType};
 use serde_json::Value;
 
+use crate::auth::Scope;
 use crate::{Registry, RegistryError, Upload};
 
 /// An image platform: `os/architecture[/variant]`.
@@ -382,13 +385,28 @@ fn push_manifest(
     let blobs = manifest_blobs(bytes).map_err(|e| protocol(target.to_string(), e))?;
     let images = store.images()?;
     let uploaded = AtomicUsize::new(0);
+    let push_scope = Scope::push(repo);
     parallel(&blobs, jobs, |(digest, size)| {
-        if registry.has_blob(host, repo, digest)? {
+        if registry.blob_exists(host, repo, digest, &push_scope)? {
             progress(BlobEvent::Exists(*digest));
             return Ok(());
         }
-        let from = mount_source(store, &images, host, repo, digest);
-        let session = match registry.start_upload(host, repo, digest, from.as_deref())? {
+        let mut from = mount_source(store, &images, host, repo, digest);
+        let started = match registry.start_upload(host, repo, digest, from.as_deref()) {
+            // No read access to the other repository: upload instead.
+            Err(
+                RegistryError::AuthRefused { .. }
+                | RegistryError::AuthRequired { .. }
+                | RegistryError::Status {
+                    status: 401 | 403, ..
+                },
+            ) if from.is_some() => {
+                from = None;
+                registry.start_upload(host, repo, digest, None)?
+            }
+            other => other?,
+        };
+        let session = match started {
             Upload::Mounted => {
                 progress(BlobEvent::Mounted {
                     digest: *digest,
@@ -406,7 +424,7 @@ fn push_manifest(
                 total: *size,
             })
         };
-        registry.upload(host, &session, digest, *size, &mut reader, &report)?;
+        registry.upload(host, repo, &session, digest, *size, &mut reader, &report)?;
         uploaded.fetch_add(1, Ordering::SeqCst);
         progress(BlobEvent::Done(*digest));
         Ok(())
