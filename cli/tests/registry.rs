@@ -107,7 +107,12 @@ fn push_and_pull_agree_with_skopeo() {
         &format!("oci:{}:docker.io/library/base:latest", utf8(home)),
         &format!("docker://{v2s2}"),
     ]);
-    let raw = skopeo(&["inspect", "--raw", "--tls-verify=false", &format!("docker://{v2s2}")]);
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{v2s2}"),
+    ]);
     assert!(
         raw.contains("application/vnd.docker.distribution.manifest.v2+json"),
         "{raw}"

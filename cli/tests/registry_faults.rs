@@ -13,10 +13,26 @@ use common::fault_proxy::{Fault, FaultProxy};
 use common::registry::{pushed_digest, TestRegistry};
 use common::{forge_cmd, ok, Fixture, TempDir};
 
+/// The user config of these tests: 256 KiB upload chunks, so the busybox
+/// layer (about 1 MB) goes up in several PATCHes that faults can interrupt.
+fn config_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("forge-test-faults-config-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("forge")).expect("mkdir");
+        std::fs::write(
+            dir.join("forge/config.toml"),
+            "[registries]\nchunk-size = \"256KiB\"\n",
+        )
+        .expect("config");
+        dir
+    })
+}
+
 fn forge_in(home: &Path, args: &[&str]) -> Output {
-    let empty = std::env::temp_dir().join("forge-test-no-user-config");
     let mut cmd = forge_cmd(home, args);
-    cmd.env("XDG_CONFIG_HOME", &empty);
+    cmd.env("XDG_CONFIG_HOME", config_dir());
     cmd.output().expect("forge runs")
 }
 
@@ -55,7 +71,6 @@ fn two_hundred_transfers_through_faults_succeed_or_fail_clearly() {
     let direct = format!("{}/f/bb:direct", registry.addr);
     ok(&forge_in(home, &["tag", "base:latest", &direct]));
     let expected = pushed_digest(&ok(&forge_in(home, &["push", &direct])));
-    // Small chunks, so uploads go through several requests too.
     let proxy = FaultProxy::start(&registry.addr, 0.25, 0x5eed);
     let (mut pushes_ok, mut pushes_failed, mut pulls_ok, mut pulls_failed) = (0, 0, 0, 0);
     for i in 0..100 {
@@ -68,6 +83,7 @@ fn two_hundred_transfers_through_faults_succeed_or_fail_clearly() {
             pushes_ok += 1;
         } else {
             assert_clear_failure(&out, &format!("push {i}"));
+            println!("push {i} failed: {}", String::from_utf8_lossy(&out.stderr));
             pushes_failed += 1;
         }
         assert_fsck_clean(home, &format!("after push {i}"));
@@ -78,7 +94,10 @@ fn two_hundred_transfers_through_faults_succeed_or_fail_clearly() {
         let out = forge_in(store.path(), &["pull", &name]);
         if out.status.success() {
             let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(stdout.contains(&format!("Digest: {expected}")), "pull {i}:\n{stdout}");
+            assert!(
+                stdout.contains(&format!("Digest: {expected}")),
+                "pull {i}:\n{stdout}"
+            );
             pulls_ok += 1;
         } else {
             assert_clear_failure(&out, &format!("pull {i}"));
@@ -98,7 +117,13 @@ fn two_hundred_transfers_through_faults_succeed_or_fail_clearly() {
         Fault::Truncate,
         Fault::Corrupt,
     ] {
-        assert!(counts.get(&fault).copied().unwrap_or(0) > 0, "no {fault:?}: {counts:?}");
+        assert!(
+            counts.get(&fault).copied().unwrap_or(0) > 0,
+            "no {fault:?}: {counts:?}"
+        );
     }
-    assert!(pushes_ok >= 90 && pulls_ok >= 90, "too many failures: {pushes_failed} pushes, {pulls_failed} pulls");
+    assert!(
+        pushes_ok >= 90 && pulls_ok >= 90,
+        "too many failures: {pushes_failed} pushes, {pulls_failed} pulls"
+    );
 }

@@ -1133,6 +1133,7 @@ fn fetch_token(
                 errors: serde_json::from_str::<crate::ErrorBody>(&text)
                     .map(|b| b.errors)
                     .unwrap_or_default(),
+                retry_after: None,
             });
         }
         Err(ureq::Error::Transport(t)) => {

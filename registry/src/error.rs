@@ -32,6 +32,8 @@ pub enum RegistryError {
         status: u16,
         /// The registry's error entries, if its body had them.
         errors: Vec<RegistryErrorEntry>,
+        /// How long its `Retry-After` asked to wait, if it sent one.
+        retry_after: Option<std::time::Duration>,
     },
     /// The manifest or tag does not exist.
     #[error("{reference}: not found in the registry ({url})")]
@@ -208,6 +210,18 @@ pub(crate) fn describe_entries(error: &RegistryError) -> String {
 }
 
 impl RegistryError {
+    /// Whether another try may succeed: a broken connection, a retryable
+    /// status (see [`crate::retry`]), or bytes that arrived damaged.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Transport { .. } | Self::DigestMismatch { .. } | Self::SizeMismatch { .. } => {
+                true
+            }
+            Self::Status { status, .. } => crate::retry::retryable_status(*status),
+            _ => false,
+        }
+    }
+
     /// Whether the error is the user's input (a name, a tag, a digest) rather
     /// than the environment (the network, the registry's state).
     pub fn is_input_error(&self) -> bool {

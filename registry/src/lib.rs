@@ -31,6 +31,7 @@
 
 pub mod auth;
 mod error;
+pub mod retry;
 pub mod transfer;
 
 use std::collections::BTreeMap;
@@ -67,6 +68,8 @@ pub struct Options {
     /// Blobs up to this size go up in one `PUT`; larger ones in `PATCH`
     /// chunks of this size.
     pub chunk_size: u64,
+    /// How often and how patiently requests are tried again (see [`retry`]).
+    pub retry: retry::RetryPolicy,
     /// Where credentials come from (default: the user's files,
     /// [`Keychain::from_env`]; they are read only when a registry asks).
     pub keychain: Keychain,
@@ -78,6 +81,7 @@ impl Default for Options {
             insecure: Vec::new(),
             mirrors: BTreeMap::new(),
             chunk_size: 16 << 20,
+            retry: retry::RetryPolicy::default(),
             keychain: Keychain::from_env(),
         }
     }
@@ -92,6 +96,35 @@ pub struct Manifest {
     pub media_type: String,
     /// sha256 of `bytes`.
     pub digest: Sha256Digest,
+}
+
+/// Where a downloaded blob goes: bytes are appended, and a download that
+/// must start over drops them.
+pub trait BlobSink: Write {
+    /// Drops everything written so far.
+    fn restart(&mut self) -> std::io::Result<()>;
+    /// The sha256 of what was written, if the sink keeps one (then the
+    /// client does not hash the bytes a second time).
+    fn digest(&self) -> Option<Sha256Digest> {
+        None
+    }
+}
+
+impl BlobSink for Vec<u8> {
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.clear();
+        Ok(())
+    }
+}
+
+impl BlobSink for forge_cache::store::BlobWriter {
+    fn restart(&mut self) -> std::io::Result<()> {
+        forge_cache::store::BlobWriter::restart(self).map_err(std::io::Error::other)
+    }
+
+    fn digest(&self) -> Option<Sha256Digest> {
+        Some(self.digest_so_far())
+    }
 }
 
 /// What starting a blob upload gave.
@@ -271,6 +304,9 @@ impl Registry {
         status: u16,
         response: ureq::Response,
     ) -> RegistryError {
+        let retry_after = response
+            .header("Retry-After")
+            .and_then(|v| retry::retry_after(v, std::time::SystemTime::now()));
         let mut text = String::new();
         let _ = response
             .into_reader()
@@ -284,6 +320,33 @@ impl Registry {
             url: url.to_string(),
             status,
             errors,
+            retry_after,
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or has been tried
+    /// [`Options::retry`]`.attempts` times, waiting between tries as
+    /// [`retry::RetryPolicy::backoff`] says (a `Retry-After` honoured).
+    /// `op` gets the number of the try (0 first).
+    fn retrying<T>(
+        &self,
+        mut op: impl FnMut(u32) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let policy = self.options.retry;
+        let mut jitter = retry::Jitter::default();
+        let mut attempt = 0;
+        loop {
+            match op(attempt) {
+                Err(e) if e.is_transient() && attempt + 1 < policy.attempts.max(1) => {
+                    let asked = match &e {
+                        RegistryError::Status { retry_after, .. } => *retry_after,
+                        _ => None,
+                    };
+                    std::thread::sleep(policy.backoff(attempt, asked, &mut jitter));
+                    attempt += 1;
+                }
+                other => return other,
+            }
         }
     }
 
@@ -457,63 +520,70 @@ impl Registry {
         let pinned = reference.parse::<Sha256Digest>().ok();
         let accept = MANIFEST_TYPES.join(", ");
         self.read_from(registry, |base| {
-            let url = format!("{base}/v2/{repository}/manifests/{reference}");
-            let response = match self.call(
-                "GET",
-                &url,
-                &[("Accept", &accept)],
-                Body::Empty,
-                &Scope::pull(repository),
-            ) {
-                Err(RegistryError::Status { status: 404, .. }) => {
-                    return Err(RegistryError::NotFound {
-                        reference: format!("{registry}/{repository}:{reference}")
-                            .replace(":sha256:", "@sha256:"),
+            self.retrying(|_| {
+                let url = format!("{base}/v2/{repository}/manifests/{reference}");
+                let response = match self.call(
+                    "GET",
+                    &url,
+                    &[("Accept", &accept)],
+                    Body::Empty,
+                    &Scope::pull(repository),
+                ) {
+                    Err(RegistryError::Status { status: 404, .. }) => {
+                        return Err(RegistryError::NotFound {
+                            reference: format!("{registry}/{repository}:{reference}")
+                                .replace(":sha256:", "@sha256:"),
+                            url,
+                        })
+                    }
+                    other => other?,
+                };
+                let header_type = response
+                    .header("Content-Type")
+                    .map(|t| t.split(';').next().unwrap_or(t).trim().to_string());
+                // By tag, the registry's own digest header is what to check.
+                let announced = response
+                    .header("Docker-Content-Digest")
+                    .and_then(|d| d.parse::<Sha256Digest>().ok());
+                let mut bytes = Vec::new();
+                response
+                    .into_reader()
+                    .take(MANIFEST_LIMIT + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| RegistryError::Transport {
+                        url: url.clone(),
+                        message: e.to_string(),
+                    })?;
+                if bytes.len() as u64 > MANIFEST_LIMIT {
+                    return Err(RegistryError::Protocol {
                         url,
-                    })
-                }
-                other => other?,
-            };
-            let header_type = response
-                .header("Content-Type")
-                .map(|t| t.split(';').next().unwrap_or(t).trim().to_string());
-            let mut bytes = Vec::new();
-            response
-                .into_reader()
-                .take(MANIFEST_LIMIT + 1)
-                .read_to_end(&mut bytes)
-                .map_err(|e| RegistryError::Transport {
-                    url: url.clone(),
-                    message: e.to_string(),
-                })?;
-            if bytes.len() as u64 > MANIFEST_LIMIT {
-                return Err(RegistryError::Protocol {
-                    url,
-                    reason: "the manifest is larger than 4 MiB".into(),
-                });
-            }
-            let digest = forge_cache::store::sha256(&bytes);
-            if let Some(expected) = pinned {
-                if digest != expected {
-                    return Err(RegistryError::DigestMismatch {
-                        what: "manifest",
-                        url,
-                        expected,
-                        actual: digest,
+                        reason: "the manifest is larger than 4 MiB".into(),
                     });
                 }
-            }
-            let media_type = match header_type.filter(|t| MANIFEST_TYPES.contains(&t.as_str())) {
-                Some(t) => t,
-                None => serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v["mediaType"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| MANIFEST_TYPES[0].to_string()),
-            };
-            Ok(Manifest {
-                bytes,
-                media_type,
-                digest,
+                let digest = forge_cache::store::sha256(&bytes);
+                if let Some(expected) = pinned.or(announced) {
+                    if digest != expected {
+                        return Err(RegistryError::DigestMismatch {
+                            what: "manifest",
+                            url,
+                            expected,
+                            actual: digest,
+                        });
+                    }
+                }
+                let media_type = match header_type.filter(|t| MANIFEST_TYPES.contains(&t.as_str()))
+                {
+                    Some(t) => t,
+                    None => serde_json::from_slice::<serde_json::Value>(&bytes)
+                        .ok()
+                        .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| MANIFEST_TYPES[0].to_string()),
+                };
+                Ok(Manifest {
+                    bytes,
+                    media_type,
+                    digest,
+                })
             })
         })
     }
@@ -531,13 +601,16 @@ impl Registry {
             "{}/v2/{repository}/manifests/{reference}",
             self.base_url(registry)
         );
-        match self.call(
-            "HEAD",
-            &url,
-            &[("Accept", &accept)],
-            Body::Empty,
-            &Scope::pull(repository),
-        ) {
+        let head = self.retrying(|_| {
+            self.call(
+                "HEAD",
+                &url,
+                &[("Accept", &accept)],
+                Body::Empty,
+                &Scope::pull(repository),
+            )
+        });
+        match head {
             Ok(response) => match response.header("Docker-Content-Digest") {
                 Some(d) => d.parse().map(Some).map_err(|_| RegistryError::Protocol {
                     url,
@@ -554,82 +627,94 @@ impl Registry {
     }
 
     /// Downloads blob `digest` of `repository` into `out`; `progress` gets
-    /// the bytes received so far. Returns the size. With `hash`, the bytes
-    /// are hashed as they stream and another digest is an error (`false`
-    /// when `out` checks the digest itself, as the store's blob writer does,
-    /// so the blob is hashed once). A blob of another length than `size` is
-    /// an error too; either comes after `out` got the bytes: the caller
-    /// discards them.
-    #[allow(clippy::too_many_arguments)]
+    /// the bytes received so far. Returns the size. The bytes are checked
+    /// against `digest` (by `out` when it keeps a digest, as the store's blob
+    /// writer does, so a blob is hashed once) and `size`. A body that breaks
+    /// off is resumed from where it stopped (`Range`; from the start when
+    /// the registry ignores it); damaged bytes are fetched again; both
+    /// within [`Options::retry`].
     pub fn fetch_blob(
         &self,
         registry: &str,
         repository: &str,
         digest: &Sha256Digest,
         size: Option<u64>,
-        out: &mut dyn Write,
-        hash: bool,
+        out: &mut dyn BlobSink,
         progress: &dyn Fn(u64),
     ) -> Result<u64, RegistryError> {
-        let bases = self.read_bases(registry);
-        let mut last = None;
-        for base in &bases {
+        let own_hash = out.digest().is_none();
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        let restart = |out: &mut dyn BlobSink, hasher: &mut Sha256, total: &mut u64| {
+            out.restart()
+                .map_err(io_error(format!("restarting blob {digest}")))?;
+            *hasher = Sha256::new();
+            *total = 0;
+            Ok::<(), RegistryError>(())
+        };
+        self.read_from(registry, |base| {
             let url = format!("{base}/v2/{repository}/blobs/{digest}");
-            let response = match self.call("GET", &url, &[], Body::Empty, &Scope::pull(repository))
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    last = Some(e);
-                    continue;
+            self.retrying(|_| {
+                let range = (total > 0).then(|| format!("bytes={total}-"));
+                let headers: Vec<(&str, &str)> =
+                    range.iter().map(|r| ("Range", r.as_str())).collect();
+                let response =
+                    self.call("GET", &url, &headers, Body::Empty, &Scope::pull(repository))?;
+                if total > 0 && response.status() != 206 {
+                    // The whole blob again: what was written goes.
+                    restart(out, &mut hasher, &mut total)?;
                 }
-            };
-            let mut reader = response.into_reader();
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut total = 0u64;
-            loop {
-                let n = reader
-                    .read(&mut buf)
-                    .map_err(|e| RegistryError::Transport {
-                        url: url.clone(),
-                        message: format!("the blob's body broke off after {total} bytes: {e}"),
-                    })?;
-                if n == 0 {
-                    break;
+                let mut reader = response.into_reader();
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = reader
+                        .read(&mut buf)
+                        .map_err(|e| RegistryError::Transport {
+                            url: url.clone(),
+                            message: format!("the blob's body broke off after {total} bytes: {e}"),
+                        })?;
+                    if n == 0 {
+                        break;
+                    }
+                    if own_hash {
+                        hasher.update(&buf[..n]);
+                    }
+                    out.write_all(&buf[..n])
+                        .map_err(io_error(format!("storing blob {digest}")))?;
+                    total += n as u64;
+                    progress(total);
                 }
-                if hash {
-                    hasher.update(&buf[..n]);
-                }
-                out.write_all(&buf[..n])
-                    .map_err(io_error(format!("storing blob {digest}")))?;
-                total += n as u64;
-                progress(total);
-            }
-            if let Some(expected) = size {
-                if expected != total {
-                    return Err(RegistryError::SizeMismatch {
+                let actual = match out.digest() {
+                    Some(d) => d,
+                    None => Sha256Digest::from_bytes(hasher.clone().finalize().into()),
+                };
+                let failed = if size.is_some_and(|expected| expected != total) {
+                    Some(RegistryError::SizeMismatch {
                         digest: *digest,
-                        url,
-                        expected,
+                        url: url.clone(),
+                        expected: size.unwrap_or(0),
                         actual: total,
-                    });
+                    })
+                } else if actual != *digest {
+                    Some(RegistryError::DigestMismatch {
+                        what: "blob",
+                        url: url.clone(),
+                        expected: *digest,
+                        actual,
+                    })
+                } else {
+                    None
+                };
+                match failed {
+                    Some(e) => {
+                        // Damaged: start over on the next try.
+                        restart(out, &mut hasher, &mut total)?;
+                        Err(e)
+                    }
+                    None => Ok(total),
                 }
-            }
-            let actual = Sha256Digest::from_bytes(hasher.finalize().into());
-            if hash && actual != *digest {
-                return Err(RegistryError::DigestMismatch {
-                    what: "blob",
-                    url,
-                    expected: *digest,
-                    actual,
-                });
-            }
-            return Ok(total);
-        }
-        Err(last.unwrap_or_else(|| RegistryError::Protocol {
-            url: registry.to_string(),
-            reason: "no address to read from".into(),
-        }))
+            })
+        })
     }
 
     /// Whether `repository` has blob `digest` (a `HEAD`, asking for read
@@ -653,7 +738,7 @@ impl Registry {
         scope: &Scope,
     ) -> Result<bool, RegistryError> {
         let url = format!("{}/v2/{repository}/blobs/{digest}", self.base_url(registry));
-        match self.call("HEAD", &url, &[], Body::Empty, scope) {
+        match self.retrying(|_| self.call("HEAD", &url, &[], Body::Empty, scope)) {
             Ok(_) => Ok(true),
             Err(RegistryError::Status { status: 404, .. }) => Ok(false),
             Err(e) => Err(e),
@@ -680,7 +765,7 @@ impl Registry {
             Some(from) => Scope::mount(repository, from),
             None => Scope::push(repository),
         };
-        let response = self.call("POST", &url, &[], Body::Bytes(&[]), &scope)?;
+        let response = self.retrying(|_| self.call("POST", &url, &[], Body::Bytes(&[]), &scope))?;
         if response.status() == 201 {
             return Ok(Upload::Mounted);
         }
@@ -693,12 +778,47 @@ impl Registry {
         Ok(Upload::Session(absolute(&base, location)))
     }
 
-    /// Sends blob `digest` (`size` bytes from `body`) into the upload
-    /// `session` (from [`Registry::start_upload`] for `repository`): one
-    /// `PUT` up to [`Options::chunk_size`], else `PATCH` chunks with
-    /// `Content-Range` then a closing `PUT`. `progress` gets the bytes sent
-    /// so far. The requests carry what the `POST` that opened the session
-    /// was authorized with (their bodies cannot be sent twice).
+    /// Where an interrupted upload stands: the session's URL and the bytes
+    /// the registry has (`GET` of the session: `Range: 0-N`), or `None`
+    /// when the session is gone.
+    fn upload_status(
+        &self,
+        base: &str,
+        location: &str,
+        scope: &Scope,
+    ) -> Result<Option<(String, u64)>, RegistryError> {
+        match self.call("GET", location, &[], Body::Empty, scope) {
+            Ok(response) => {
+                let next = response
+                    .header("Location")
+                    .map_or_else(|| location.to_string(), |l| absolute(base, l));
+                // `Range: 0-N` holds bytes 0..=N; the distribution registry
+                // also says `0-0` for an empty session (its end is clamped
+                // at 0), so `0-0` is read as nothing received: resending one
+                // byte is safe, skipping one is not.
+                let have = response
+                    .header("Range")
+                    .and_then(|r| r.rsplit('-').next()?.trim().parse::<u64>().ok())
+                    .map_or(0, |end| if end == 0 { 0 } else { end + 1 });
+                Ok(Some((next, have)))
+            }
+            Err(RegistryError::Status {
+                status: 404 | 400, ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends blob `digest` (`size` bytes; `source(offset)` reads them from
+    /// `offset` on) into the upload `session` (from
+    /// [`Registry::start_upload`] for `repository`): one `PUT` up to
+    /// [`Options::chunk_size`], else `PATCH` chunks with `Content-Range`
+    /// then a closing `PUT`. `progress` gets the bytes sent so far. The
+    /// requests carry what the `POST` that opened the session was authorized
+    /// with (their bodies cannot be sent twice). A request that fails is not
+    /// repeated blindly: the session is asked how much it has and the upload
+    /// resumes from there (or starts over in a new session when it is gone),
+    /// within [`Options::retry`].
     #[allow(clippy::too_many_arguments)]
     pub fn upload(
         &self,
@@ -707,41 +827,74 @@ impl Registry {
         session: &str,
         digest: &Sha256Digest,
         size: u64,
-        body: &mut dyn Read,
+        source: &dyn Fn(u64) -> std::io::Result<Box<dyn Read>>,
         progress: &dyn Fn(u64),
     ) -> Result<(), RegistryError> {
         let base = self.base_url(registry);
         let octets = ("Content-Type", "application/octet-stream");
         let scope = Scope::push(repository);
         let chunk = self.options.chunk_size.max(1);
-        if size <= chunk {
-            let url = with_query(session, &format!("digest={digest}"));
-            self.call("PUT", &url, &[octets], Body::Reader(body, size), &scope)?;
-            progress(size);
-            return Ok(());
-        }
+        let open = |offset: u64| {
+            source(offset).map_err(io_error(format!("reading blob {digest} to upload")))
+        };
         let mut location = session.to_string();
         let mut sent = 0u64;
-        while sent < size {
-            let len = chunk.min(size - sent);
-            let range = format!("{}-{}", sent, sent + len - 1);
-            let mut part = Read::take(&mut *body, len);
-            let response = self.call(
-                "PATCH",
-                &location,
-                &[octets, ("Content-Range", &range)],
-                Body::Reader(&mut part, len),
-                &scope,
-            )?;
-            if let Some(next) = response.header("Location") {
-                location = absolute(&base, next);
+        self.retrying(|attempt| {
+            if attempt > 0 {
+                // The closing PUT may have landed before its answer was lost.
+                if self.blob_exists(registry, repository, digest, &scope)? {
+                    progress(size);
+                    return Ok(());
+                }
+                // Where did the last try leave the session?
+                match self.upload_status(&base, &location, &scope)? {
+                    Some((next, have)) if have <= size => {
+                        location = next;
+                        sent = have;
+                    }
+                    _ => match self.start_upload(registry, repository, digest, None)? {
+                        Upload::Session(fresh) => {
+                            location = fresh;
+                            sent = 0;
+                        }
+                        Upload::Mounted => return Ok(()),
+                    },
+                }
             }
-            sent += len;
-            progress(sent);
-        }
-        let url = with_query(&location, &format!("digest={digest}"));
-        self.call("PUT", &url, &[octets], Body::Bytes(&[]), &scope)?;
-        Ok(())
+            if size <= chunk && sent == 0 {
+                let url = with_query(&location, &format!("digest={digest}"));
+                let mut body = open(0)?;
+                self.call(
+                    "PUT",
+                    &url,
+                    &[octets],
+                    Body::Reader(&mut body, size),
+                    &scope,
+                )?;
+                progress(size);
+                return Ok(());
+            }
+            while sent < size {
+                let len = chunk.min(size - sent);
+                let range = format!("{}-{}", sent, sent + len - 1);
+                let mut part = Read::take(open(sent)?, len);
+                let response = self.call(
+                    "PATCH",
+                    &location,
+                    &[octets, ("Content-Range", &range)],
+                    Body::Reader(&mut part, len),
+                    &scope,
+                )?;
+                if let Some(next) = response.header("Location") {
+                    location = absolute(&base, next);
+                }
+                sent += len;
+                progress(sent);
+            }
+            let url = with_query(&location, &format!("digest={digest}"));
+            self.call("PUT", &url, &[octets], Body::Bytes(&[]), &scope)?;
+            Ok(())
+        })
     }
 
     /// Puts a manifest (or index) as `reference` (a tag, or its digest);
@@ -758,13 +911,15 @@ impl Registry {
             "{}/v2/{repository}/manifests/{reference}",
             self.base_url(registry)
         );
-        let response = self.call(
-            "PUT",
-            &url,
-            &[("Content-Type", media_type)],
-            Body::Bytes(bytes),
-            &Scope::push(repository),
-        )?;
+        let response = self.retrying(|_| {
+            self.call(
+                "PUT",
+                &url,
+                &[("Content-Type", media_type)],
+                Body::Bytes(bytes),
+                &Scope::push(repository),
+            )
+        })?;
         let digest = forge_cache::store::sha256(bytes);
         if let Some(sent) = response.header("Docker-Content-Digest") {
             if sent.parse::<Sha256Digest>().ok() != Some(digest) {
@@ -789,22 +944,26 @@ impl Registry {
         let mut out = Vec::new();
         let mut url = first;
         for _ in 0..10_000 {
-            let response = self.call("GET", &url, &[], Body::Empty, scope)?;
-            let next = next_link(response.header("Link")).map(|n| absolute(base, &n));
-            let mut text = String::new();
-            response
-                .into_reader()
-                .take(MANIFEST_LIMIT)
-                .read_to_string(&mut text)
-                .map_err(|e| RegistryError::Transport {
-                    url: url.clone(),
-                    message: e.to_string(),
-                })?;
-            let value: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| RegistryError::Protocol {
-                    url: url.clone(),
-                    reason: format!("not JSON: {e}"),
-                })?;
+            let (next, value) = self.retrying(|_| {
+                let response = self.call("GET", &url, &[], Body::Empty, scope)?;
+                let next = next_link(response.header("Link")).map(|n| absolute(base, &n));
+                let mut text = String::new();
+                response
+                    .into_reader()
+                    .take(MANIFEST_LIMIT)
+                    .read_to_string(&mut text)
+                    .map_err(|e| RegistryError::Transport {
+                        url: url.clone(),
+                        message: e.to_string(),
+                    })?;
+                // A body cut short is not JSON: the transport's fault.
+                let value: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| RegistryError::Transport {
+                        url: url.clone(),
+                        message: format!("the answer is not JSON: {e}"),
+                    })?;
+                Ok((next, value))
+            })?;
             if let Some(items) = value[field].as_array() {
                 out.extend(items.iter().filter_map(|v| v.as_str().map(str::to_string)));
             }
@@ -973,7 +1132,7 @@ mod tests {
         for _ in 0..2 {
             let mut out = Vec::new();
             let n = client
-                .fetch_blob(&host, "team/app", &digest, Some(5), &mut out, true, &|_| {})
+                .fetch_blob(&host, "team/app", &digest, Some(5), &mut out, &|_| {})
                 .expect("the blob comes through the redirect");
             assert_eq!((n, out.as_slice()), (5, &b"hello"[..]));
         }

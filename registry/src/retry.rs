@@ -79,7 +79,11 @@ fn parse_http_date(text: &str) -> Option<SystemTime> {
         return None;
     }
     // Days from the civil date (Howard Hinnant's algorithm).
-    let (y, mo) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let doy = (153 * mo + 2) / 5 + i64::try_from(day).ok()? - 1;
@@ -167,7 +171,10 @@ mod tests {
             retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
             Some(Duration::from_secs(10))
         );
-        assert_eq!(retry_after("Sun, 06 Nov 1994 08:49:30 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:30 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(retry_after("soon", now), None);
         assert_eq!(retry_after("Sun, 06 Foo 1994 08:49:37 GMT", now), None);
     }
@@ -182,8 +189,9 @@ mod tests {
                 assert!(policy.backoff(attempt, None, &mut jitter) <= cap);
             }
         }
-        let waits: std::collections::BTreeSet<Duration> =
-            (0..20).map(|_| policy.backoff(3, None, &mut jitter)).collect();
+        let waits: std::collections::BTreeSet<Duration> = (0..20)
+            .map(|_| policy.backoff(3, None, &mut jitter))
+            .collect();
         assert!(waits.len() > 10, "jittered: {waits:?}");
         assert_eq!(
             policy.backoff(0, Some(Duration::from_secs(2)), &mut jitter),

@@ -301,7 +301,7 @@ pub fn pull(
                 total: *size,
             })
         };
-        registry.fetch_blob(host, repo, digest, Some(*size), &mut writer, false, &report)?;
+        registry.fetch_blob(host, repo, digest, Some(*size), &mut writer, &report)?;
         match writer.commit(Some(digest)) {
             Ok(_) => {}
             Err(CacheError::DigestMismatch { digest, actual }) => {
@@ -416,7 +416,15 @@ fn push_manifest(
             }
             Upload::Session(url) => url,
         };
-        let mut reader = store.open_blob(digest)?;
+        // Read from any offset (an interrupted upload resumes); the registry
+        // checks the digest of what it got when the upload closes.
+        let path = store.blob_path(digest);
+        let source = |offset: u64| -> std::io::Result<Box<dyn std::io::Read>> {
+            use std::io::Seek;
+            let mut file = std::fs::File::open(&path)?;
+            file.seek(std::io::SeekFrom::Start(offset))?;
+            Ok(Box::new(file))
+        };
         let report = |done| {
             progress(BlobEvent::Progress {
                 digest: *digest,
@@ -424,7 +432,7 @@ fn push_manifest(
                 total: *size,
             })
         };
-        registry.upload(host, repo, &session, digest, *size, &mut reader, &report)?;
+        registry.upload(host, repo, &session, digest, *size, &source, &report)?;
         uploaded.fetch_add(1, Ordering::SeqCst);
         progress(BlobEvent::Done(*digest));
         Ok(())

@@ -52,6 +52,26 @@ impl BlobWriter {
         self.size
     }
 
+    /// Drops everything written so far (a download that starts over).
+    pub fn restart(&mut self) -> Result<(), CacheError> {
+        use std::io::Seek;
+        self.file
+            .set_len(0)
+            .map_err(io_err("truncate", &self.temp))?;
+        self.file
+            .seek(io::SeekFrom::Start(0))
+            .map_err(io_err("seek", &self.temp))?;
+        self.hasher = Sha256::new();
+        self.size = 0;
+        Ok(())
+    }
+
+    /// The sha256 of what was written so far (what [`BlobWriter::commit`]
+    /// would check).
+    pub fn digest_so_far(&self) -> Sha256Digest {
+        Sha256Digest::from_bytes(self.hasher.clone().finalize().into())
+    }
+
     /// Finishes the blob: fsyncs the data, checks it against `expected` (if
     /// given; on mismatch the temp file is removed and nothing is stored),
     /// renames it to `blobs/sha256/<hex>` (replacing any copy there, which heals
