@@ -18,6 +18,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub mod archive;
+pub mod container;
 pub mod image;
 pub mod layer;
 pub mod reference;
@@ -159,6 +160,28 @@ pub enum CacheError {
         name: String,
         /// What is wrong.
         reason: String,
+    },
+
+    /// A working container is being used by another `forge run`.
+    #[error("container `{name}` is in use by another forge run")]
+    #[diagnostic(
+        code(cache::container_busy),
+        help("wait for that run to finish; one run at a time uses a container")
+    )]
+    ContainerBusy {
+        /// The container's name.
+        name: String,
+    },
+
+    /// A container name is already taken.
+    #[error("the container name `{name}` is already in use")]
+    #[diagnostic(
+        code(cache::container_name_in_use),
+        help("choose another --name, or `forge rm` that container")
+    )]
+    ContainerNameInUse {
+        /// The name.
+        name: String,
     },
 
     /// Making or applying a layer failed.

@@ -171,7 +171,7 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn since(t: Option<SystemTime>) -> String {
+pub(crate) fn since(t: Option<SystemTime>) -> String {
     match t {
         Some(t) => {
             let secs = SystemTime::now()
@@ -378,6 +378,24 @@ fn rmi_one(store: &Store, query: &str, force: bool) -> Result<Vec<String>, Failu
             code: 1,
         });
     }
+    if !force {
+        let users: Vec<String> = forge_cache::container::Containers::new(store)
+            .list()?
+            .into_iter()
+            .filter(|c| c.image_manifest == record.digest.to_string())
+            .map(|c| c.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(Failure {
+                report: miette::miette!(
+                    help = "remove the containers first (`forge rm`), or use -f",
+                    "image `{query}` is used by container(s) {}",
+                    users.join(", ")
+                ),
+                code: 1,
+            });
+        }
+    }
     for r in &same {
         if let Some(name) = r.familiar_name() {
             lines.push(format!("Untagged: {name}"));
@@ -553,7 +571,7 @@ fn parse_rfc3339(text: &str) -> Option<SystemTime> {
 }
 
 /// Turns `--change` instructions into the config object of a new image.
-fn config_from_changes(changes: &[String]) -> Result<Map<String, Value>, Failure> {
+pub(crate) fn config_from_changes(changes: &[String]) -> Result<Map<String, Value>, Failure> {
     let mut config = Map::new();
     if changes.is_empty() {
         return Ok(config);

@@ -4,6 +4,7 @@
 
 mod build;
 mod config;
+mod containers;
 mod human;
 mod images;
 mod login;
@@ -67,6 +68,18 @@ enum Command {
     Fsck(images::FsckArgs),
     /// Remove blobs no image, build or container uses.
     Prune(config::PruneCommand),
+    /// Create a working container from an image; prints its name.
+    From(containers::FromArgs),
+    /// Run a command in a working container (or a new one made from an image).
+    Run(containers::RunArgs),
+    /// List working containers.
+    Containers(containers::ContainersArgs),
+    /// Remove working containers.
+    Rm(containers::RmArgs),
+    /// List the files a working container changed (A added, C changed, D deleted).
+    Diff(containers::DiffArgs),
+    /// Make an image of a working container's changes: one new layer.
+    Commit(containers::CommitArgs),
     /// Tools for looking inside forge.
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -172,6 +185,16 @@ fn main() -> ExitCode {
     if let Some(code) = forge_executor::sandbox::userns::reexec_with_subids() {
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
+    if let Command::Run(args) = &cli.command {
+        // docker run's exit codes: the command's own, 125 when forge fails.
+        return match containers::run(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(failure) => {
+                eprintln!("{:?}", failure.report);
+                ExitCode::from(125)
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -214,6 +237,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Logout(args) => login::logout(&args),
         Command::Fsck(args) => images::fsck(&args),
         Command::Prune(args) => config::prune(&args),
+        Command::From(args) => containers::from(&args),
+        Command::Run(args) => containers::run(&args).map(|_| ()),
+        Command::Containers(args) => containers::list(&args),
+        Command::Rm(args) => containers::rm(&args),
+        Command::Diff(args) => containers::diff(&args),
+        Command::Commit(args) => containers::commit(&args),
         Command::Build(args) => {
             if args.dry_run {
                 return plan(&args.input, args.format);

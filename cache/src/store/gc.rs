@@ -218,8 +218,8 @@ impl Store {
         let _lock = self.lock(true)?;
         let mut report = PruneReport::default();
 
-        // Roots: images, then live leases. (Working containers join here once
-        // they exist.)
+        // Roots: images, step-cache results, working containers' images, then
+        // live leases.
         let mut stack: Vec<(Sha256Digest, Option<String>)> = Vec::new();
         for entry in self.read_index()?.manifests() {
             if let Ok(digest) = descriptor_digest(entry) {
@@ -227,6 +227,9 @@ impl Store {
             }
         }
         for digest in self.step_cache_roots() {
+            stack.push((digest, Some(MANIFEST_MEDIA_TYPE.to_string())));
+        }
+        for digest in crate::container::Containers::new(self).roots() {
             stack.push((digest, Some(MANIFEST_MEDIA_TYPE.to_string())));
         }
         for (path, name) in list_dir(&self.leases_dir())? {

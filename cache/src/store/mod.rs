@@ -14,6 +14,7 @@
 //!   forge/v1/cache/<key hex>    step cache index: a step key's result manifest (see step_cache)
 //!   forge/v1/snapshots/<diff_id hex>/   a layer extracted as an overlay lower dir (see snapshot)
 //!   forge/v1/snapshots/l/<16 hex>       short link to it, for overlay mount options
+//!   forge/v1/containers/<64 hex>/      a working container (see container)
 //! ```
 //!
 //! Tools read it as it is: `skopeo inspect oci:$FORGE_HOME:docker.io/library/ubuntu:latest`.

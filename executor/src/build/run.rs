@@ -268,7 +268,7 @@ fn layer_err(e: forge_cache::layer::LayerError) -> ExecutorError {
 impl Runner<'_> {
     /// The overlay lower dirs of `state` (snapshot links, bottom first),
     /// extracting any layer not extracted yet.
-    pub(super) fn lower_dirs(&self, state: &ImageState) -> Result<Vec<PathBuf>, ExecutorError> {
+    pub fn lower_dirs(&self, state: &ImageState) -> Result<Vec<PathBuf>, ExecutorError> {
         let snapshots = self.store.snapshots();
         // overlayfs refuses a directory twice in `lowerdir` (ELOOP), and a layer
         // can repeat (two RUNs that made the same change, empty layers). Only
