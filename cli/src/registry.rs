@@ -148,6 +148,19 @@ impl BlobLines {
     }
 }
 
+/// `--all-tags` names a repository: `name` (parsed as `reference`) must
+/// carry no tag and no digest.
+fn repository_only(name: &str, reference: &Reference, command: &str) -> Result<(), Failure> {
+    let tagged = name.rsplit('/').next().is_some_and(|l| l.contains(':'));
+    if reference.digest().is_some() || tagged {
+        return Err(usage(
+            "--all-tags takes a repository name without a tag or digest",
+            &format!("e.g. forge {command} -a registry.lan:5000/team/app"),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_name(text: &str) -> Result<Reference, Failure> {
     Ok(Reference::parse(text)?)
 }
@@ -193,18 +206,7 @@ pub fn pull(args: &PullArgs) -> Result<(), Failure> {
     };
     let reference = parse_name(&args.name)?;
     let references = if args.all_tags {
-        if reference.digest().is_some()
-            || args
-                .name
-                .rsplit('/')
-                .next()
-                .is_some_and(|l| l.contains(':'))
-        {
-            return Err(usage(
-                "--all-tags takes a repository name without a tag or digest",
-                "e.g. forge pull -a registry.lan:5000/team/app",
-            ));
-        }
+        repository_only(&args.name, &reference, "pull")?;
         let mut tags = registry.tags(reference.registry(), reference.repository())?;
         tags.sort();
         if tags.is_empty() {
@@ -272,18 +274,7 @@ pub fn push(args: &PushArgs) -> Result<(), Failure> {
     let registry = client(&store)?;
     let named = parse_name(&args.name)?;
     let targets: Vec<Reference> = if args.all_tags {
-        if named.digest().is_some()
-            || args
-                .name
-                .rsplit('/')
-                .next()
-                .is_some_and(|l| l.contains(':'))
-        {
-            return Err(usage(
-                "--all-tags takes a repository name without a tag or digest",
-                "e.g. forge push -a registry.lan:5000/team/app",
-            ));
-        }
+        repository_only(&args.name, &named, "push")?;
         let mut tagged: Vec<Reference> = store
             .images()?
             .into_iter()

@@ -15,7 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use common::registry::{http_status, Request, TestRegistry};
+use common::registry::{http_status, run_tool_bytes, Request, TestRegistry};
 use common::{forge_cmd, ok, Fixture, TempDir};
 
 const USER: &str = "alice";
@@ -107,19 +107,6 @@ fn auth_value(user: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
 
-fn run(program: &str, args: &[&str]) -> Vec<u8> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 /// A fresh store (no images).
 fn fresh(name: &str) -> TempDir {
     TempDir::new(name)
@@ -129,7 +116,7 @@ fn fresh(name: &str) -> TempDir {
 fn htpasswd_login_logout_and_every_credentials_source() {
     let env = Env::new("auth-basic");
     let htpasswd = env.path("htpasswd");
-    let line = run("htpasswd", &["-Bbn", USER, PASSWORD]);
+    let line = run_tool_bytes("htpasswd", &["-Bbn", USER, PASSWORD]);
     std::fs::write(&htpasswd, line).expect("htpasswd file");
     let registry = TestRegistry::start_with(
         "htpasswd",
@@ -493,7 +480,7 @@ fn token_auth_with_a_real_jwt_issuer() {
     let env = Env::new("auth-token");
     let key = env.path("key.pem");
     let cert = env.path("cert.pem");
-    run(
+    run_tool_bytes(
         "openssl",
         &[
             "req",
@@ -511,7 +498,7 @@ fn token_auth_with_a_real_jwt_issuer() {
             "/CN=test-issuer",
         ],
     );
-    let der = run(
+    let der = run_tool_bytes(
         "openssl",
         &[
             "x509",

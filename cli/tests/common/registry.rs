@@ -170,8 +170,9 @@ impl Drop for TestRegistry {
     }
 }
 
-/// Runs a peer tool (skopeo, buildah), asserting success; its stdout.
-pub fn run_tool(program: &str, args: &[&str]) -> String {
+/// Runs a peer tool (skopeo, buildah, openssl), asserting success; its
+/// stdout as bytes.
+pub fn run_tool_bytes(program: &str, args: &[&str]) -> Vec<u8> {
     let out = Command::new(program)
         .args(args)
         .output()
@@ -181,7 +182,12 @@ pub fn run_tool(program: &str, args: &[&str]) -> String {
         "{program} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    out.stdout
+}
+
+/// [`run_tool_bytes`] as text.
+pub fn run_tool(program: &str, args: &[&str]) -> String {
+    String::from_utf8_lossy(&run_tool_bytes(program, args)).into_owned()
 }
 
 /// skopeo's digest of `docker://REF` (the manifest it resolves to).
