@@ -22,7 +22,9 @@
 //! has been committed, so an entry never points at a partial result; a lookup
 //! still checks that the manifest, its config and its layers are present and
 //! answers "miss" otherwise (a blob removed by hand, or an entry from an older
-//! store). [`Store::prune`] treats every entry as a root.
+//! store). [`Store::prune`] treats every entry as a root. Step images are
+//! in no `index.json` entry; [`Store::step_image`] finds one by its image ID
+//! (what a failed build names as its last good step, for `forge run`).
 //!
 //! A hit sets the entry file's mtime to now, so the mtime is when the entry
 //! was last used (hit or written). Two collectors go by it, and neither
@@ -41,7 +43,7 @@
 //! references any more, so a collection killed at any point leaves a
 //! consistent store (at worst garbage the next collection removes).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -81,20 +83,7 @@ impl Store {
         let Ok(manifest_digest) = text.trim().parse::<Sha256Digest>() else {
             return Ok(None);
         };
-        if !self.has_blob(&manifest_digest) {
-            return Ok(None);
-        }
-        let Ok(manifest) = self.manifest_by_digest(&manifest_digest) else {
-            return Ok(None);
-        };
-        let present = |d: &oci_spec::image::Digest| {
-            d.to_string()
-                .parse::<Sha256Digest>()
-                .is_ok_and(|d| self.has_blob(&d))
-        };
-        if !present(manifest.config().digest())
-            || !manifest.layers().iter().all(|l| present(l.digest()))
-        {
+        if self.complete_step_image(&manifest_digest).is_none() {
             return Ok(None);
         }
         // Mark the entry used, for the collectors (best effort: a store we
@@ -103,6 +92,92 @@ impl Store {
             let _ = file.set_modified(SystemTime::now());
         }
         Ok(Some(manifest_digest))
+    }
+
+    /// The image ID (config digest) of the step image `manifest_digest` if
+    /// the manifest, its config and every layer it names are in the store
+    /// (`None`: something is missing or the manifest does not parse).
+    fn complete_step_image(&self, manifest_digest: &Sha256Digest) -> Option<Sha256Digest> {
+        if !self.has_blob(manifest_digest) {
+            return None;
+        }
+        let manifest = self.manifest_by_digest(manifest_digest).ok()?;
+        let present = |d: &oci_spec::image::Digest| {
+            d.to_string()
+                .parse::<Sha256Digest>()
+                .ok()
+                .filter(|d| self.has_blob(d))
+        };
+        let id = present(manifest.config().digest())?;
+        if !manifest
+            .layers()
+            .iter()
+            .all(|l| present(l.digest()).is_some())
+        {
+            return None;
+        }
+        Some(id)
+    }
+
+    /// Finds a build step's image — one only the step cache refers to, such
+    /// as the "last good step" a failed `forge build` names — by its image
+    /// ID (the config digest) as [`Store::resolve`] takes IDs: the full
+    /// `sha256:<64 hex>` (its manifest digest also matches), or a prefix of
+    /// one or more lowercase hex digits, optionally after `sha256:`. Returns
+    /// the manifest digest and the image ID; `None` when no step image
+    /// matches (a query that is not an ID or a prefix matches none).
+    ///
+    /// Step images are not in `index.json`, so [`Store::resolve`] does not
+    /// see them. Nothing indexes them by config digest either (the step
+    /// cache maps cache keys to manifests), so this scans every entry and
+    /// reads each distinct manifest it names: one small file read per entry
+    /// and per manifest. That is fine for what this is for — `forge run` of
+    /// an ID that `resolve` did not find, when debugging a build — and
+    /// keeps the build's own path free of a second index to maintain.
+    ///
+    /// Like [`Store::step_cache_get`], an entry whose manifest, config or
+    /// layers are missing is skipped. Many entries can name the same
+    /// manifest (and two manifests the same config); each image ID counts
+    /// once. An entry's last use is not updated: this is no cache hit.
+    ///
+    /// # Errors
+    /// [`CacheError::AmbiguousImage`] when a prefix matches several image
+    /// IDs (listed by their short form), or an unreadable cache directory.
+    pub fn step_image(
+        &self,
+        query: &str,
+    ) -> Result<Option<(Sha256Digest, Sha256Digest)>, CacheError> {
+        let full = query.parse::<Sha256Digest>().ok();
+        let Some(prefix) = crate::store::id_prefix(query) else {
+            return Ok(None);
+        };
+        let manifests: BTreeSet<Sha256Digest> = self
+            .step_cache_entries()?
+            .into_iter()
+            .filter_map(|e| e.manifest)
+            .collect();
+        // Image ID → one manifest of it (the smallest digest, for a stable answer).
+        let mut found: BTreeMap<Sha256Digest, Sha256Digest> = BTreeMap::new();
+        for manifest in manifests {
+            let Some(id) = self.complete_step_image(&manifest) else {
+                continue;
+            };
+            if Some(manifest) == full || id.hex().starts_with(prefix) {
+                found.entry(id).or_insert(manifest);
+            }
+        }
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop_first().map(|(id, manifest)| (manifest, id))),
+            _ => Err(CacheError::AmbiguousImage {
+                prefix: query.to_string(),
+                candidates: found
+                    .keys()
+                    .map(Sha256Digest::short)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
     }
 
     /// Records that the step key `key_hex` produced the manifest `manifest`
@@ -388,12 +463,15 @@ impl Store {
         }
     }
 
-    /// Removes the snapshots of layers that no image and no step-cache entry
-    /// has — with `grace`, only those made or changed before it; returns how
-    /// many were removed and the sizes of their files.
+    /// Removes the snapshots of layers that no image, no step-cache entry
+    /// and no working container has — with `grace`, only those made or
+    /// changed before it; returns how many were removed and the sizes of
+    /// their files. (A container's snapshots are the lower dirs of its
+    /// overlay while a `forge run` uses it.)
     fn remove_unused_snapshots(&self, grace: Option<Duration>) -> Result<(usize, u64), CacheError> {
         let mut keep = self.image_reach()?.1;
-        for manifest in self.step_cache_roots() {
+        let containers = crate::container::Containers::new(self).roots();
+        for manifest in self.step_cache_roots().into_iter().chain(containers) {
             keep.extend(self.diff_ids(&manifest));
         }
         let snapshots = self.snapshots();

@@ -15,7 +15,7 @@ use forge_cache::store::Store;
 use forge_cache::Sha256Digest;
 use oci_spec::image::{Descriptor, Digest, MediaType};
 
-use common::{noise, put_manifest};
+use common::{one_file_image, OneFileImage};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -33,35 +33,11 @@ struct Image {
 /// An image whose layer holds one file of `payload` pseudo-random bytes
 /// (`seed` makes it unique), with the layer's snapshot extracted.
 fn make_image(store: &Store, seed: u64, payload: usize) -> Image {
-    // `noise` keeps only odd seeds apart.
-    let data = noise(seed * 2 + 1, payload);
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_ustar();
-    header.set_size(data.len() as u64);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header.set_cksum();
-    tar.append_data(&mut header, "data", data.as_slice())
-        .expect("tar entry");
-    let layer_bytes = tar.into_inner().expect("tar");
-    let layer = store.put_blob(&layer_bytes).expect("layer");
-    let put = put_manifest(
-        store,
-        &serde_json::json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "config": { "Env": [format!("SEED={seed}")] },
-            "rootfs": { "type": "layers", "diff_ids": [layer.to_string()] },
-            "history": [{ "created_by": "test" }]
-        }),
-        (
-            &layer,
-            layer_bytes.len(),
-            "application/vnd.oci.image.layer.v1.tar",
-        ),
-    );
+    let OneFileImage {
+        put,
+        layer,
+        layer_len,
+    } = one_file_image(store, seed, payload);
     store
         .snapshots()
         .ensure(store, &layer, &layer)
@@ -71,7 +47,7 @@ fn make_image(store: &Store, seed: u64, payload: usize) -> Image {
         manifest_size: put.manifest_bytes.len() as u64,
         blobs: [put.manifest, put.config, layer],
         diff_id: layer,
-        size: (put.manifest_bytes.len() + put.config_len + layer_bytes.len() + payload) as u64,
+        size: (put.manifest_bytes.len() + put.config_len + layer_len + payload) as u64,
     }
 }
 

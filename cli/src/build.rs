@@ -123,6 +123,20 @@ pub struct ExtraArgs {
     /// default, `type=image`, keeps it in the store only.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub output: Option<String>,
+    /// What to do when a RUN fails: `error` (stop, the default) or `shell`
+    /// (when forge runs on a terminal, open a shell in the failed step's
+    /// container, with what the command changed, before stopping).
+    #[arg(long, value_enum, default_value_t = OnFailure::Error)]
+    pub on_failure: OnFailure,
+}
+
+/// `--on-failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnFailure {
+    /// Stop with the error.
+    Error,
+    /// Open a shell in the failed step's container, then stop.
+    Shell,
 }
 
 /// `--progress`.
@@ -420,6 +434,38 @@ impl From<ExecutorError> for Failure {
             report: e.into(),
             code,
         }
+    }
+}
+
+/// A failed build's error. With `--on-failure=shell` (a RUN that failed
+/// names the container it left), the error is printed, a shell is opened in
+/// that container, and once it ends, the container is removed and a
+/// one-line reminder of the error is what is left to print.
+fn failed_build(e: ExecutorError) -> Failure {
+    let ExecutorError::RunFailed {
+        step,
+        code,
+        container: Some(name),
+        ..
+    } = &e
+    else {
+        return e.into();
+    };
+    let (step, code, name) = (step.clone(), *code, name.clone());
+    let failure = Failure::from(e);
+    eprintln!("{:?}", failure.report);
+    eprintln!("opening a shell in the failed step's container {name}; exit it to end the build");
+    let shell = crate::containers::debug_shell(&name);
+    let summary = match shell {
+        Ok(_) => format!("{step} failed with exit code {code} (container {name} removed)"),
+        Err(shell_failure) => {
+            eprintln!("{:?}", shell_failure.report);
+            format!("{step} failed with exit code {code}")
+        }
+    };
+    Failure {
+        report: miette::miette!("{summary}"),
+        code: failure.code,
     }
 }
 
@@ -1150,6 +1196,16 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         report: miette::miette!("cannot find forge's own executable: {e}"),
         code: 2,
     })?;
+    let debug_shell = args.extra.on_failure == OnFailure::Shell && {
+        let terminal = forge_executor::sandbox::stdin_is_terminal();
+        if !terminal {
+            eprintln!(
+                "warning: --on-failure=shell: standard input is not a terminal, \
+                 so no shell will be opened"
+            );
+        }
+        terminal
+    };
     let opts = BuildOptions {
         exe,
         network: if args.network == "none" {
@@ -1183,6 +1239,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         ssh: parse_ssh(&args.ssh)?,
         labels: parse_labels(&args.extra.labels)?,
         extra_hosts: parse_add_hosts(&args.extra.add_hosts)?,
+        keep_failed_run: debug_shell,
     };
     let terminal =
         std::io::stderr().is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
@@ -1206,7 +1263,11 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             )),
             ProgressMode::Quiet => Box::new(QuietReporter),
         };
-        forge_executor::build::build(&graph, &store, &opts, reporter.as_ref())?
+        forge_executor::build::build(&graph, &store, &opts, reporter.as_ref())
+    };
+    let built = match built {
+        Ok(built) => built,
+        Err(e) => return Err(failed_build(e)),
     };
 
     for image in &built {

@@ -52,6 +52,13 @@ pub enum NetArg {
 /// `forge run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Keep standard input open: the command reads forge's.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Give the command a terminal (with -i and forge on a terminal: an
+    /// interactive session).
+    #[arg(short = 't', long)]
+    tty: bool,
     /// Remove the container when the command ends.
     #[arg(long)]
     rm: bool,
@@ -166,9 +173,21 @@ fn find(store: &Store, query: &str) -> Result<Container, Failure> {
     })
 }
 
-/// Makes a container of the image `query`.
+/// Makes a container of the image `query`: an image in the store or, failing
+/// that, a build step's image by its ID (the "last good step" a failed build
+/// names; see [`Store::step_image`]), shown by its short ID as docker shows an
+/// untagged image.
 fn create(store: &Store, query: &str, name: Option<&str>) -> Result<Container, Failure> {
-    let record = store.resolve(query)?;
+    let record = match store.resolve(query) {
+        Ok(record) => record,
+        Err(not_found @ CacheError::ImageNotFound { .. }) => {
+            let Some((manifest, id)) = store.step_image(query)? else {
+                return Err(not_found.into());
+            };
+            return Ok(Containers::new(store).create(name, &id.short(), &manifest, &id)?);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if record.is_index() {
         return Err(fail(
             format!("image `{query}` is a multi-platform index"),
@@ -197,6 +216,7 @@ fn runner<'a>(store: &'a Store, exe: &'a Path, layer: &'a LayerOptions) -> Runne
         layer,
         hostname: "forge",
         extra_hosts: &[],
+        keep_failed: false,
     }
 }
 
@@ -244,6 +264,25 @@ pub fn run(args: &RunArgs) -> Result<u8, Failure> {
         }
     }
     result
+}
+
+/// `forge build --on-failure=shell`: an interactive `/bin/sh` in the
+/// container a failed RUN left, which is removed afterwards. The shell's
+/// exit code.
+pub fn debug_shell(container: &str) -> Result<u8, Failure> {
+    run(&RunArgs {
+        interactive: true,
+        tty: true,
+        rm: true,
+        env: Vec::new(),
+        workdir: None,
+        user: None,
+        network: NetArg::Host,
+        volumes: Vec::new(),
+        name: None,
+        target: container.to_string(),
+        command: vec!["/bin/sh".to_string()],
+    })
 }
 
 fn run_in(store: &Store, c: &mut Container, args: &RunArgs) -> Result<u8, Failure> {
@@ -295,6 +334,17 @@ fn run_in(store: &Store, c: &mut Container, args: &RunArgs) -> Result<u8, Failur
         .clone()
         .or_else(|| config.get("User").and_then(Value::as_str).map(String::from))
         .unwrap_or_default();
+    if args.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        // As docker run -t does.
+        env.push("TERM=xterm".into());
+    }
+    if args.tty && args.interactive && !sandbox::stdin_is_terminal() {
+        return Err(fail(
+            "the input device is not a TTY",
+            "run forge from a terminal, or drop -t to pipe input with -i",
+            125,
+        ));
+    }
     let mut binds = Vec::new();
     for v in &args.volumes {
         binds.push(parse_volume(v)?);
@@ -357,8 +407,19 @@ fn run_in(store: &Store, c: &mut Container, args: &RunArgs) -> Result<u8, Failur
     })?;
     let upper_etc = containers.upper_dir(c).join("etc");
     let had_etc = upper_etc.symlink_metadata().is_ok();
-    let status = sandbox::run_with_mounts(&exe, &spec, &binds, Stdio::inherit(), Stdio::inherit())
-        .map_err(exec_err)?;
+    let attach = sandbox::Attach {
+        stdin: args.interactive,
+        tty: args.tty,
+    };
+    let status = sandbox::run_attached(
+        &exe,
+        &spec,
+        &binds,
+        attach,
+        Stdio::inherit(),
+        Stdio::inherit(),
+    )
+    .map_err(exec_err)?;
     // The sandbox keeps the `etc` directory it copied up for its `/etc`
     // binds (BuildKit keeps it in a RUN's layer); a container's changes are
     // what the command did, so an `etc` left empty by this run goes.

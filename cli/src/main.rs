@@ -179,6 +179,11 @@ fn main() -> ExitCode {
     {
         forge_executor::sandbox::sandbox_main();
     }
+    // Reports wrap at the terminal's width, but never inside a word: an
+    // image ID or a path in an error stays whole, to be copied.
+    let _ = miette::set_hook(Box::new(|_| {
+        Box::new(miette::MietteHandlerOpts::new().break_words(false).build())
+    }));
     let cli = Cli::parse();
     // Rootless with subordinate ids: the work happens in a user namespace
     // that maps them (still single-threaded here).

@@ -344,3 +344,104 @@ fn commit_changes_apply_and_entrypoint_cmd_work_as_in_docker_run() {
         serde_json::json!(["WHO=ann", "X=1"])
     );
 }
+
+/// The image ID a failed build's help names as the last good step's (the
+/// report is wrapped to 80 columns when not on a terminal, which may break
+/// the ID: its hex digits are read across the line break and indent).
+fn last_good_id(stderr: &str) -> String {
+    let after = stderr
+        .split("last good step's image ID:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no last good step in: {stderr}"));
+    let start = after.find("sha256:").expect("an ID after it");
+    let hex: String = after[start + "sha256:".len()..]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .take_while(char::is_ascii_hexdigit)
+        .take(64)
+        .collect();
+    assert_eq!(hex.len(), 64, "{stderr}");
+    format!("sha256:{hex}")
+}
+
+/// Sets the mtime of every file in `dir` to a day ago (past prune's grace).
+fn age_files(dir: &std::path::Path) {
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(entry.expect("entry").path())
+            .expect("open");
+        file.set_modified(std::time::SystemTime::now() - Duration::from_secs(24 * 3600))
+            .expect("set mtime");
+    }
+}
+
+#[test]
+fn the_last_good_step_of_a_failed_build_runs_by_its_id() {
+    let fx = Fixture::new("ctr-step");
+    let home = fx.home.path();
+    fx.file(
+        "Dockerfile",
+        b"FROM base\nRUN echo one > /one\nRUN echo two > /two && false\n",
+    );
+    let out = fx.forge_build(&[]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let id = last_good_id(&String::from_utf8_lossy(&out.stderr));
+    // Only the step cache knows it: `forge images` does not list it.
+    assert!(
+        !ok(&forge(home, &["images", "--no-trunc"])).contains(&id),
+        "{id}"
+    );
+
+    // The step's image, without the failed step's change.
+    let short = &id["sha256:".len().."sha256:".len() + 12];
+    for query in [id.as_str(), short] {
+        assert_eq!(
+            ok(&forge(home, &["run", "--rm", query, "cat", "/one"])),
+            "one\n"
+        );
+        let out = forge(home, &["run", "--rm", query, "test", "-e", "/two"]);
+        assert_eq!(code(&out), 1, "{}", text(&out));
+    }
+    let zeros = format!("sha256:{}", "0".repeat(64));
+    let out = forge(home, &["run", "--rm", &zeros, "true"]);
+    assert_eq!(code(&out), 125, "{}", text(&out));
+    // (The report is wrapped: the query may start a line of its own.)
+    assert!(text(&out).contains("no image"), "{}", text(&out));
+    assert!(text(&out).contains(&format!("`{zeros}`")), "{}", text(&out));
+    assert_eq!(ok(&forge(home, &["containers", "-a", "-q"])), "");
+
+    // A container of it, shown by the image's short ID as docker shows an
+    // untagged image.
+    ok(&forge(
+        home,
+        &["run", "--name", "dbg", &id, "sh", "-c", "echo x > /x"],
+    ));
+    let json = ok(&forge(home, &["containers", "-a", "--format", "json"]));
+    let dbg: serde_json::Value = serde_json::from_str(json.trim()).expect("one json line");
+    assert_eq!(dbg["Image"], short, "{dbg}");
+
+    // The build cache goes (its entries and blobs aged past the grace
+    // period); the container keeps its image's blobs.
+    age_files(&home.join("forge/v1/cache"));
+    age_files(&home.join("blobs/sha256"));
+    let pruned = ok(&forge(home, &["prune", "--cache"]));
+    assert!(!pruned.starts_with("removed 0 cache entries"), "{pruned}");
+    let out = forge(home, &["run", "--rm", &id, "true"]);
+    assert_eq!(
+        code(&out),
+        125,
+        "the step cache no longer has it: {}",
+        text(&out)
+    );
+    assert_eq!(
+        ok(&forge(home, &["run", "dbg", "cat", "/one", "/x"])),
+        "one\nx\n"
+    );
+    // Committing needs every blob of the container's image.
+    ok(&forge(home, &["commit", "dbg", "dbg:1"]));
+    assert_eq!(
+        ok(&forge(home, &["run", "--rm", "dbg:1", "cat", "/one", "/x"])),
+        "one\nx\n"
+    );
+}

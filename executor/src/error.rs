@@ -151,7 +151,7 @@ pub enum ExecutorError {
     )]
     #[diagnostic(
         code(forge::executor::run_failed),
-        help("{}", last_good_help(last_good.as_deref()))
+        help("{}", last_good_help(last_good.as_deref(), container.as_deref()))
     )]
     RunFailed {
         /// The step, `[n/N] RUN ...`.
@@ -164,6 +164,9 @@ pub enum ExecutorError {
         tail: Vec<String>,
         /// The image ID of the last step that succeeded.
         last_good: Option<String>,
+        /// The working container holding what the command changed before it
+        /// failed ([`crate::build::BuildOptions::keep_failed_run`]).
+        container: Option<String>,
     },
 }
 
@@ -179,9 +182,22 @@ fn render_tail(tail: &[String]) -> String {
     out
 }
 
-fn last_good_help(last_good: Option<&str>) -> String {
-    match last_good {
-        Some(id) => format!("every step before it is cached; the last good step's image ID:\n{id}"),
+fn last_good_help(last_good: Option<&str>, container: Option<&str>) -> String {
+    let mut help = match last_good {
+        Some(id) => {
+            let short = id.strip_prefix("sha256:").unwrap_or(id);
+            format!(
+                "every step before it is cached; the last good step's image ID:\n{id}\n\
+                 a shell there: forge run -it {} sh",
+                short.get(..12).unwrap_or(short)
+            )
+        }
         None => "every step before it is cached".to_string(),
+    };
+    if let Some(name) = container {
+        help.push_str(&format!(
+            "\nwhat the command changed is in container {name}"
+        ));
     }
+    help
 }

@@ -157,8 +157,11 @@
 //! # Unsafe code
 //!
 //! The workspace denies `unsafe_code`. The only exceptions are `fork(2)`,
-//! `prctl(PR_CAPBSET_DROP)`, `prctl(PR_CAP_AMBIENT_CLEAR_ALL)`, `capset(2)`
-//! and two `ioctl`s bringing `lo` up, in one small private module
+//! `prctl(PR_CAPBSET_DROP)`, `prctl(PR_CAP_AMBIENT_CLEAR_ALL)`, `capset(2)`,
+//! two `ioctl`s bringing `lo` up, the terminal `ioctl`s of `forge run -t`
+//! (`TIOCSCTTY`, `TIOCGWINSZ`, `TIOCSWINSZ`), its `SIGWINCH` handler (an
+//! atomic load and a `write(2)`) and taking ownership of a descriptor just
+//! received, in one small private module
 //! (`sandbox::unsafe_ops`) with `#![allow(unsafe_code)]` and a `SAFETY:`
 //! comment per block. The fork is sound because `sandbox_main` runs before any
 //! thread is started.

@@ -174,6 +174,17 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), CacheError> {
         .map_err(io_err("fsync", dir))
 }
 
+/// The hex digits of an image ID prefix as docker takes one (1 to 64
+/// lowercase hex digits, optionally after `sha256:`); `None` if `query` is
+/// not one.
+pub(crate) fn id_prefix(query: &str) -> Option<&str> {
+    let prefix = query.strip_prefix("sha256:").unwrap_or(query);
+    let hex = prefix
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (!prefix.is_empty() && prefix.len() <= 64 && hex).then_some(prefix)
+}
+
 /// Opens the lock file and locks it (exclusive or shared); unlocked when the
 /// returned file is dropped.
 /// (`File::lock` is std since Rust 1.89, the workspace's `rust-version`.)
@@ -505,15 +516,9 @@ impl Store {
                 return Ok(found.clone());
             }
         }
-        let prefix = query.strip_prefix("sha256:").unwrap_or(query);
-        if prefix.is_empty()
-            || prefix.len() > 64
-            || !prefix
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        let Some(prefix) = id_prefix(query) else {
             return Err(not_found());
-        }
+        };
         let matching: Vec<&ImageRecord> = images
             .iter()
             .filter(|r| r.id.is_some_and(|id| id.hex().starts_with(prefix)))

@@ -173,3 +173,55 @@ pub fn put_manifest(
         config_len: config_bytes.len(),
     }
 }
+
+/// An image [`one_file_image`] stored: its manifest and config, and its
+/// one layer.
+pub struct OneFileImage {
+    pub put: PutManifest,
+    /// The layer's digest (also its diff_id: it is a plain tar).
+    pub layer: forge_cache::Sha256Digest,
+    pub layer_len: usize,
+}
+
+/// Stores an image of one plain-tar layer holding one file, `data`, of
+/// `payload` pseudo-random bytes; `seed` makes the image, and its ID, unique.
+pub fn one_file_image(
+    store: &forge_cache::store::Store,
+    seed: u64,
+    payload: usize,
+) -> OneFileImage {
+    // `noise` keeps only odd seeds apart.
+    let data = noise(seed * 2 + 1, payload);
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "data", data.as_slice())
+        .expect("tar entry");
+    let layer_bytes = tar.into_inner().expect("tar");
+    let layer = store.put_blob(&layer_bytes).expect("layer");
+    let put = put_manifest(
+        store,
+        &serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": { "Env": [format!("SEED={seed}")] },
+            "rootfs": { "type": "layers", "diff_ids": [layer.to_string()] },
+            "history": [{ "created_by": "test" }]
+        }),
+        (
+            &layer,
+            layer_bytes.len(),
+            "application/vnd.oci.image.layer.v1.tar",
+        ),
+    );
+    OneFileImage {
+        put,
+        layer,
+        layer_len: layer_bytes.len(),
+    }
+}

@@ -120,6 +120,10 @@ pub struct BuildOptions {
     /// `--add-host HOST:IP`: `(host, ip)` lines added to the `/etc/hosts`
     /// every RUN sees (bind-mounted, never in a layer; not in step keys).
     pub extra_hosts: Vec<(String, String)>,
+    /// A RUN that fails leaves what its command changed in a working
+    /// container of the last good step's image, named in
+    /// [`ExecutorError::RunFailed`] (`forge build --on-failure=shell`).
+    pub keep_failed_run: bool,
 }
 
 /// A stage's own build context (a forge.toml image's `context`).
@@ -828,7 +832,7 @@ impl Driver<'_> {
             .run(|| self.runner().run_file(&state, &file, &output))?
         {
             Outcome::Done(new) => self.push_layer(vertex, &mut state, new),
-            Outcome::Failed { code, tail } => {
+            Outcome::Failed { code, tail, .. } => {
                 return Err(ExecutorError::FileAction(format!(
                     "build context {name}: the copy exited with code {code}: {}",
                     tail.join("\n")
@@ -1457,6 +1461,7 @@ impl Driver<'_> {
             layer: &self.opts.layer,
             hostname: &self.opts.hostname,
             extra_hosts: &self.opts.extra_hosts,
+            keep_failed: self.opts.keep_failed_run,
         }
     }
 
@@ -1482,7 +1487,7 @@ impl Driver<'_> {
         })?;
         match outcome {
             Outcome::Done(new) => self.add_layer(stage, step, v, state, new),
-            Outcome::Failed { code, tail } => Err(ExecutorError::FileAction(format!(
+            Outcome::Failed { code, tail, .. } => Err(ExecutorError::FileAction(format!(
                 "{}: the copy exited with code {code}: {}",
                 self.step_label(stage, step),
                 tail.join("\n")
@@ -1536,12 +1541,17 @@ impl Driver<'_> {
         let output = move |line: &str| reporter.event(Event::Output { vertex: v, line });
         match self.jobs.run(|| runner.run(state, sandbox_step, &output))? {
             Outcome::Done(new) => self.add_layer(stage, step, v, state, new),
-            Outcome::Failed { code, tail } => Err(ExecutorError::RunFailed {
+            Outcome::Failed {
+                code,
+                tail,
+                container,
+            } => Err(ExecutorError::RunFailed {
                 step: self.step_label(stage, step),
                 command: shell_words(argv),
                 code,
                 tail,
                 last_good: self.last_good(stage.id).map(|d| d.to_string()),
+                container,
             }),
         }
     }

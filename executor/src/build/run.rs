@@ -207,6 +207,10 @@ pub enum Outcome {
         code: i32,
         /// The last [`TAIL_LINES`] lines of output.
         tail: Vec<String>,
+        /// With [`Runner::keep_failed`], the name of the working container
+        /// (of the step's parent image) that holds what the command changed
+        /// before it failed.
+        container: Option<String>,
     },
 }
 
@@ -222,6 +226,9 @@ pub struct Runner<'a> {
     pub hostname: &'a str,
     /// `--add-host`: `(host, ip)` pairs added to `/etc/hosts`.
     pub extra_hosts: &'a [(String, String)],
+    /// A command that fails leaves what it changed in a working container
+    /// (see [`Outcome::Failed`]), for `forge build --on-failure=shell`.
+    pub keep_failed: bool,
 }
 
 /// Removes a run directory when dropped (whatever happened).
@@ -253,6 +260,7 @@ impl Ran {
         (self.code != 0).then_some(Outcome::Failed {
             code: self.code,
             tail: self.tail,
+            container: None,
         })
     }
 }
@@ -787,6 +795,55 @@ impl Runner<'_> {
         Ok(Some(Outcome::Done(new)))
     }
 
+    /// With [`Runner::keep_failed`], a failed command's `outcome` names a
+    /// new working container of `state` (the step's parent, committed to
+    /// the store so that the container can name it) that holds `upper`,
+    /// what the command changed (moved, not copied: the run directory is
+    /// about to go). File actions keep nothing.
+    fn keep_failure(
+        &self,
+        state: &ImageState,
+        job: Job<'_>,
+        upper: Option<&Path>,
+        outcome: Outcome,
+    ) -> Result<Outcome, ExecutorError> {
+        let Outcome::Failed { code, tail, .. } = outcome else {
+            return Ok(outcome);
+        };
+        if !self.keep_failed || !matches!(job, Job::Exec(_)) {
+            return Ok(Outcome::Failed {
+                code,
+                tail,
+                container: None,
+            });
+        }
+        let committed = state
+            .clone()
+            .commit(self.store, self.layer.source_date_epoch)?;
+        let containers = forge_cache::container::Containers::new(self.store);
+        let container = containers
+            .create(
+                None,
+                &committed.id.short(),
+                &committed.manifest,
+                &committed.id,
+            )
+            .map_err(store_err)?;
+        if let Some(upper) = upper {
+            let kept = containers.upper_dir(&container);
+            let moved = fs::remove_dir(&kept).and_then(|()| fs::rename(upper, &kept));
+            if let Err(e) = moved {
+                let _ = containers.remove(&container);
+                return Err(io("keeping the failed step's changes", &kept)(e));
+            }
+        }
+        Ok(Outcome::Failed {
+            code,
+            tail,
+            container: Some(container.name),
+        })
+    }
+
     /// The step on an overlayfs of the layers' snapshots; the upper dir is the
     /// layer, then the layer's snapshot.
     fn run_overlay(
@@ -811,7 +868,7 @@ impl Runner<'_> {
         };
         let spec = self.spec(rootfs, root.join("merged"), &step, etc_files);
         if let Some(failed) = self.run_spec(&spec, job, &root, false, output)?.failure() {
-            return Ok(failed);
+            return self.keep_failure(state, job, Some(&upper), failed);
         }
         let started = Instant::now();
         // A step that changed nothing still gets its (empty) layer, as
@@ -854,7 +911,9 @@ impl Runner<'_> {
         let rootfs = Rootfs::Directory { dir: root.clone() };
         let spec = self.spec(rootfs, dir.0.join("merged"), &step, etc_files);
         if let Some(failed) = self.run_spec(&spec, job, &dir.0, true, output)?.failure() {
-            return Ok(failed);
+            // The copied image's changes are not in overlay form: the
+            // container starts from the parent image alone.
+            return self.keep_failure(state, job, None, failed);
         }
         let started = Instant::now();
         let (after, _) = copy::scan(&root)?;

@@ -1,6 +1,7 @@
 //! The RUN sandbox: a re-exec of forge's own binary into fresh namespaces over an
 //! overlayfs rootfs. See the crate docs for the design.
 
+mod console;
 pub mod fileop;
 pub mod mounts;
 mod rootfs;
@@ -42,6 +43,7 @@ const OVERLAY_UNAVAILABLE_TAG: &str = "\u{1}overlay-unavailable\u{1}";
 /// of the step (a missing source, a bad `--chown`); [`run_action`] turns it
 /// into [`ExecutorError::FileAction`].
 const FILE_ACTION_TAG: &str = "\u{1}file-action\u{1}";
+pub use console::{stdin_is_terminal, Attach};
 pub use syscall::{Call, RealSyscall, RecordingSyscall, Syscall};
 
 use crate::ExecutorError;
@@ -241,7 +243,7 @@ pub fn run(
     stdout: Stdio,
     stderr: Stdio,
 ) -> Result<ExitStatus, ExecutorError> {
-    run_with(exe, spec, None, &[], stdout, stderr)
+    run_with(exe, spec, None, &[], Attach::default(), stdout, stderr)
 }
 
 /// Like [`run`], with `RUN --mount`s: the sandbox mounts them in the root
@@ -256,7 +258,22 @@ pub fn run_with_mounts(
     stdout: Stdio,
     stderr: Stdio,
 ) -> Result<ExitStatus, ExecutorError> {
-    run_with(exe, spec, None, mounts, stdout, stderr)
+    run_with(exe, spec, None, mounts, Attach::default(), stdout, stderr)
+}
+
+/// Like [`run_with_mounts`], with the command attached to forge's standard
+/// input and/or to a terminal (`forge run -i`, `-t`; see [`Attach`]). With
+/// a terminal, forge copies between it and its own stdin and stdout until
+/// the command ends, its own terminal in raw mode meanwhile.
+pub fn run_attached(
+    exe: &Path,
+    spec: &RunSpec,
+    mounts: &[mounts::MountSpec],
+    attach: Attach,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<ExitStatus, ExecutorError> {
+    run_with(exe, spec, None, mounts, attach, stdout, stderr)
 }
 
 /// Like [`run`], but the sandbox performs `action` (a COPY or ADD, see
@@ -273,7 +290,15 @@ pub fn run_action(
     stdout: Stdio,
     stderr: Stdio,
 ) -> Result<ExitStatus, ExecutorError> {
-    run_with(exe, spec, Some(action), &[], stdout, stderr)
+    run_with(
+        exe,
+        spec,
+        Some(action),
+        &[],
+        Attach::default(),
+        stdout,
+        stderr,
+    )
 }
 
 fn run_with(
@@ -281,6 +306,7 @@ fn run_with(
     spec: &RunSpec,
     action: Option<&fileop::FileAction>,
     mounts: &[mounts::MountSpec],
+    attach: Attach,
     stdout: Stdio,
     stderr: Stdio,
 ) -> Result<ExitStatus, ExecutorError> {
@@ -312,6 +338,7 @@ fn run_with(
         spec: spec.clone(),
         action: action.cloned(),
         mounts: mounts.to_vec(),
+        attach,
     };
     let json = serde_json::to_vec(&envelope).map_err(ExecutorError::SpecCodec)?;
     let process_err = |what| move |source| ExecutorError::Process { what, source };
@@ -343,12 +370,18 @@ fn run_with(
     let mut report = Vec::new();
     let mut map_error = None;
     let len = u64::try_from(json.len()).unwrap_or(u64::MAX).to_le_bytes();
-    if ours
+    let mut sent = ours
         .write_all(&len)
         .and_then(|()| ours.write_all(&json))
-        .is_ok()
-        && privilege == Privilege::Rootless
-    {
+        .is_ok();
+    if sent && attach.stdin && !attach.tty {
+        // `-i`: the command's stdin is ours.
+        if let Err(e) = console::send_fd(ours.as_raw_fd(), std::io::stdin().as_fd()) {
+            map_error = Some(e);
+            sent = false;
+        }
+    }
+    if sent && privilege == Privilege::Rootless {
         // The sandbox sends one NUL byte once it has unshared its user
         // namespace, and waits for one back once the maps are written. Any
         // other byte starts a setup error report.
@@ -371,11 +404,36 @@ fn run_with(
             _ => {}
         }
     }
+    // `-t`: PID 1 sends the terminal's master once the root is set up, and
+    // waits for our answer. Anything else starts a setup error report.
+    let mut console = None;
+    if sent && attach.tty && report.is_empty() && map_error.is_none() {
+        match console::receive_fd(ours.as_raw_fd()) {
+            Ok(console::Received::Fd(master)) => {
+                match console::Console::start(master, attach.stdin) {
+                    Ok(started) => {
+                        console = Some(started);
+                        let _ = ours.write_all(&[0]);
+                    }
+                    // The sandbox waits for the answer: it must not go on.
+                    Err(e) => {
+                        let _ = ours.write_all(&[1]);
+                        map_error = Some(e);
+                    }
+                }
+            }
+            Ok(console::Received::Byte(byte)) => report.push(byte),
+            Ok(console::Received::Closed) | Err(_) => {}
+        }
+    }
     let _ = ours.shutdown(Shutdown::Write);
     // Wait without reaping, so that the pid cannot be reused while it is still
     // registered (kill_all could otherwise hit an unrelated process).
     let waited = wait_unreaped(pid);
     live_sandboxes().pids.remove(&pid);
+    if let Some(console) = console {
+        console.finish();
+    }
     waited?;
     let status = child
         .wait()
@@ -429,6 +487,9 @@ struct Envelope {
     /// `RUN --mount`s.
     #[serde(default)]
     mounts: Vec<mounts::MountSpec>,
+    /// `forge run -i`/`-t`.
+    #[serde(default)]
+    attach: Attach,
 }
 
 /// Rootless: maps uid and gid 0 of the sandbox's new user namespace to
@@ -535,6 +596,8 @@ pub fn kill_all() -> usize {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
+    // The caller is about to exit: never leave the terminal in raw mode.
+    console::restore_terminal();
     live.pids.len()
 }
 
@@ -877,19 +940,34 @@ fn sandbox_inner(report: &mut Option<std::fs::File>) -> Result<i32, ExecutorErro
         spec,
         action,
         mounts,
+        attach,
     } = serde_json::from_slice(&json).map_err(ExecutorError::SpecCodec)?;
     if nix::unistd::getppid().as_raw() != i32::try_from(parent).unwrap_or(-1) {
         // forge died before our parent-death signal was armed.
         return Err(ExecutorError::InvalidSpec("forge is gone".into()));
     }
-    // The command gets /dev/null as stdin.
-    let devnull = std::fs::File::open("/dev/null").map_err(|source| ExecutorError::Io {
-        what: "opening",
-        path: "/dev/null".into(),
-        source,
-    })?;
-    nix::unistd::dup2(devnull.as_raw_fd(), 0).map_err(sys("dup2"))?;
-    drop(devnull);
+    // The command gets /dev/null as stdin, or forge's (`-i`; with `-t`, the
+    // terminal, later).
+    let stdin: OwnedFd = if attach.stdin && !attach.tty {
+        match console::receive_fd(chan.as_raw_fd())? {
+            console::Received::Fd(fd) => fd,
+            _ => {
+                return Err(ExecutorError::InvalidSpec(
+                    "forge sent no standard input".into(),
+                ))
+            }
+        }
+    } else {
+        std::fs::File::open("/dev/null")
+            .map_err(|source| ExecutorError::Io {
+                what: "opening",
+                path: "/dev/null".into(),
+                source,
+            })?
+            .into()
+    };
+    nix::unistd::dup2(stdin.as_raw_fd(), 0).map_err(sys("dup2"))?;
+    drop(stdin);
 
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -924,7 +1002,7 @@ fn sandbox_inner(report: &mut Option<std::fs::File>) -> Result<i32, ExecutorErro
             let keep = report.as_ref().map(|r| r.as_raw_fd());
             let result = match &action {
                 Some(action) => perform_action(&spec, action, privilege),
-                None => container_init(&spec, &mounts, privilege, keep),
+                None => container_init(&spec, &mounts, privilege, attach, keep),
             };
             let code = match result {
                 Ok(()) => 0,
@@ -953,7 +1031,7 @@ enum Failure {
     /// Exit 126 after printing this.
     NotExecutable(String),
     /// A setup error reported to the parent.
-    Setup(ExecutorError),
+    Setup(Box<ExecutorError>),
     /// A setup error reported to the parent as this message alone (e.g. runc's
     /// `unable to find user …`).
     Message(String),
@@ -963,7 +1041,7 @@ enum Failure {
 
 impl From<ExecutorError> for Failure {
     fn from(e: ExecutorError) -> Self {
-        Failure::Setup(e)
+        Failure::Setup(Box::new(e))
     }
 }
 
@@ -987,6 +1065,7 @@ fn container_init(
     spec: &RunSpec,
     mounts: &[mounts::MountSpec],
     privilege: Privilege,
+    attach: Attach,
     keep: Option<RawFd>,
 ) -> Result<(), Failure> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(sys("prctl(PR_SET_PDEATHSIG)"))?;
@@ -1041,6 +1120,14 @@ fn container_init(
     make_workdir(Path::new(cwd), owner)?;
     if spec.argv.is_empty() {
         return Ok(());
+    }
+
+    if attach.tty {
+        let channel = keep.ok_or_else(|| {
+            ExecutorError::InvalidSpec("no channel to send the terminal on".into())
+        })?;
+        let slave = console::open_in_container(channel)?;
+        console::make_controlling(slave, exec_user.uid, exec_user.gid)?;
     }
 
     drop_capabilities()?;
@@ -1099,7 +1186,7 @@ fn container_init(
     Err(match err {
         nix::Error::ENOENT => Failure::NotFound(msg),
         nix::Error::EACCES | nix::Error::ENOEXEC => Failure::NotExecutable(msg),
-        e => Failure::Setup(sys("execve")(e)),
+        e => Failure::Setup(Box::new(sys("execve")(e))),
     })
 }
 

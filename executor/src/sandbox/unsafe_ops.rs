@@ -1,8 +1,9 @@
 //! The only `unsafe` code of the crate: `fork(2)`, a `pre_exec` that unshares
 //! a user namespace (rootless builds with subordinate ids), ignoring SIGINT
 //! while waiting for that child, `prctl(PR_CAPBSET_DROP)`,
-//! `prctl(PR_CAP_AMBIENT_CLEAR_ALL)`, `capset(2)` and the `ioctl`s that bring
-//! the loopback interface up.
+//! `prctl(PR_CAP_AMBIENT_CLEAR_ALL)`, `capset(2)`, the `ioctl`s that bring
+//! the loopback interface up, the terminal `ioctl`s and `SIGWINCH` handler of
+//! `forge run -t` (see `console`), and owning a descriptor just received.
 //!
 //! `fork` is unsafe because, in a multithreaded process, the child may only call
 //! async-signal-safe functions until it execs. The sandbox forks from
@@ -217,4 +218,83 @@ pub(crate) fn ignore_terminal_signals() {
         // in signal context.
         let _ = unsafe { signal(sig, SigHandler::SigIgn) };
     }
+}
+
+/// Takes ownership of `fd`, a descriptor the kernel has just installed in
+/// this process's table (from `recvmsg`'s `SCM_RIGHTS`, or `open`).
+pub(crate) fn own_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` was just returned by the kernel as a new open descriptor
+    // of this process, and nothing else has been given its number: the
+    // `OwnedFd` is its only owner and closes it once.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// `ioctl(fd, TIOCSCTTY, 0)`: makes the terminal `fd` the controlling
+/// terminal of the calling process's session (it must lead a new one).
+pub(crate) fn set_controlling_terminal(fd: std::os::fd::RawFd) -> Result<(), ExecutorError> {
+    // SAFETY: TIOCSCTTY takes an integer argument; no memory is passed.
+    if unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0 as libc::c_int) } < 0 {
+        return Err(ExecutorError::Sys {
+            what: "ioctl(TIOCSCTTY)".into(),
+            source: nix::Error::last(),
+        });
+    }
+    Ok(())
+}
+
+/// `ioctl(fd, TIOCGWINSZ)`: the terminal's size, `None` if `fd` is not one.
+pub(crate) fn window_size(fd: std::os::fd::RawFd) -> Option<libc::winsize> {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `struct winsize` to the pointer, which
+    // points at `size`, live across the call.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size as *mut libc::winsize) };
+    (rc == 0).then_some(size)
+}
+
+/// `ioctl(fd, TIOCSWINSZ)`: sets the terminal's size (best effort).
+pub(crate) fn set_window_size(fd: std::os::fd::RawFd, size: &libc::winsize) {
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` from the pointer, which
+    // points at `size`, live across the call.
+    let _ = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, size as *const libc::winsize) };
+}
+
+/// The pipe [`notify_window_changes`]'s handler writes to (-1: none).
+static WINCH_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_sigwinch(_: libc::c_int) {
+    let fd = WINCH_PIPE.load(std::sync::atomic::Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: `write` is async-signal-safe; the byte is a live static.
+        let _ = unsafe { libc::write(fd, b"w".as_ptr().cast(), 1) };
+    }
+}
+
+/// With `Some(fd)`, writes `w` to the pipe `fd` on every `SIGWINCH` (the
+/// terminal's size changed); with `None`, stops and restores the default
+/// disposition. A handler rather than `sigwait`: the signal may be delivered
+/// to any thread of the process, and the others do not block it.
+pub(crate) fn notify_window_changes(fd: Option<std::os::fd::RawFd>) {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let handler = match fd {
+        Some(fd) => {
+            WINCH_PIPE.store(fd, std::sync::atomic::Ordering::SeqCst);
+            SigHandler::Handler(on_sigwinch)
+        }
+        None => {
+            WINCH_PIPE.store(-1, std::sync::atomic::Ordering::SeqCst);
+            SigHandler::SigDfl
+        }
+    };
+    // SA_RESTART: the blocking calls of other threads (waiting for the
+    // sandbox, reading) go on rather than fail with EINTR.
+    let action = SigAction::new(handler, SaFlags::SA_RESTART, SigSet::empty());
+    // SAFETY: the handler only loads an atomic and calls `write(2)`, both
+    // async-signal-safe; it touches no lock and allocates nothing.
+    let _ = unsafe { sigaction(Signal::SIGWINCH, &action) };
 }
