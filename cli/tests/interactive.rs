@@ -323,3 +323,38 @@ fn build_on_failure_shell_without_a_terminal_only_fails() {
     let left = ok(&forge(home, &["containers", "-a", "-q"]));
     assert!(left.trim().is_empty(), "{left}");
 }
+
+#[test]
+fn build_on_failure_shell_keeps_only_the_failure_reported() {
+    // Stage `a` fails; stage `b`, running beside it, is killed by the stop:
+    // only `a`'s container is kept (and removed after the shell).
+    let fx = Fixture::new("it-onfail-parallel");
+    let home = fx.home.path();
+    fx.file(
+        "Dockerfile",
+        b"FROM base AS a\n\
+          RUN sleep 1 && echo a > /a && exit 3\n\
+          FROM base AS b\n\
+          RUN echo b > /b && sleep 30\n\
+          FROM base\n\
+          COPY --from=a /a /a\n\
+          COPY --from=b /b /b\n",
+    );
+    let ctx = utf8(fx.context.path());
+    let started = Instant::now();
+    let mut s = Session::start(
+        home,
+        fx.context.path(),
+        "true",
+        &["build", "--progress", "plain", "--on-failure=shell", ctx],
+    );
+    s.wait_for(PROMPT, 1);
+    s.type_keys("cat /a; ls /b; exit\n");
+    let (code, screen) = s.finish();
+    assert_eq!(code, 1, "{screen}");
+    assert!(screen.contains("[a 2/2] RUN sleep 1"), "{screen}");
+    assert!(screen.contains("/b: No such file or directory"), "{screen}");
+    assert!(started.elapsed() < Duration::from_secs(25), "{screen}");
+    let left = ok(&forge(home, &["containers", "-a", "-q"]));
+    assert!(left.trim().is_empty(), "{left}");
+}

@@ -1542,6 +1542,18 @@ impl Driver<'_> {
         match self.jobs.run(|| runner.run(state, sandbox_step, &output))? {
             Outcome::Done(new) => self.add_layer(stage, step, v, state, new),
             Outcome::Failed {
+                container: Some(name),
+                ..
+            } if self.check_running().is_err() => {
+                // Killed because another stage failed first: that failure
+                // is the one reported, and the one whose container is kept.
+                let containers = forge_cache::container::Containers::new(self.store);
+                if let Ok(Some(c)) = containers.find(&name) {
+                    let _ = containers.remove(&c);
+                }
+                Err(ExecutorError::Stopped)
+            }
+            Outcome::Failed {
                 code,
                 tail,
                 container,
