@@ -1197,7 +1197,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         code: 2,
     })?;
     let debug_shell = args.extra.on_failure == OnFailure::Shell && {
-        let terminal = forge_executor::sandbox::stdin_is_terminal();
+        let terminal = std::io::stdin().is_terminal();
         if !terminal {
             eprintln!(
                 "warning: --on-failure=shell: standard input is not a terminal, \

@@ -7,6 +7,7 @@
 //! upper directory becomes its layer.
 
 use std::collections::BTreeSet;
+use std::io::IsTerminal;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -241,6 +242,14 @@ fn string_list(v: Option<&Value>) -> Vec<String> {
 
 /// `forge run`: the exit code (docker's: the command's, 125, 126, 127).
 pub fn run(args: &RunArgs) -> Result<u8, Failure> {
+    // Checked before any container is made, as docker does.
+    if args.tty && args.interactive && !std::io::stdin().is_terminal() {
+        return Err(fail(
+            "the input device is not a TTY",
+            "run forge from a terminal, or drop -t to pipe input with -i",
+            125,
+        ));
+    }
     let store = open_store()?;
     let containers = Containers::new(&store);
     let mut c = match containers.find(&args.target)? {
@@ -337,13 +346,6 @@ fn run_in(store: &Store, c: &mut Container, args: &RunArgs) -> Result<u8, Failur
     if args.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
         // As docker run -t does.
         env.push("TERM=xterm".into());
-    }
-    if args.tty && args.interactive && !sandbox::stdin_is_terminal() {
-        return Err(fail(
-            "the input device is not a TTY",
-            "run forge from a terminal, or drop -t to pipe input with -i",
-            125,
-        ));
     }
     let mut binds = Vec::new();
     for v in &args.volumes {

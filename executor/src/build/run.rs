@@ -807,16 +807,12 @@ impl Runner<'_> {
         upper: Option<&Path>,
         outcome: Outcome,
     ) -> Result<Outcome, ExecutorError> {
+        if !self.keep_failed || !matches!(job, Job::Exec(_)) {
+            return Ok(outcome);
+        }
         let Outcome::Failed { code, tail, .. } = outcome else {
             return Ok(outcome);
         };
-        if !self.keep_failed || !matches!(job, Job::Exec(_)) {
-            return Ok(Outcome::Failed {
-                code,
-                tail,
-                container: None,
-            });
-        }
         let committed = state
             .clone()
             .commit(self.store, self.layer.source_date_epoch)?;

@@ -16,8 +16,9 @@
 //! terminal in raw mode (so that ^C, ^Z and line editing reach the command
 //! rather than forge), and passes window size changes on (`SIGWINCH`).
 
-use std::io::{IoSlice, IoSliceMut, Write};
+use std::io::{IoSlice, IoSliceMut, IsTerminal, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
@@ -27,7 +28,7 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 use nix::sys::termios::{self, SetArg, Termios};
 use serde::{Deserialize, Serialize};
 
-use super::unsafe_ops;
+use super::{sys, unsafe_ops};
 use crate::ExecutorError;
 
 /// What the command is attached to, besides forge's stdout and stderr.
@@ -40,13 +41,6 @@ pub struct Attach {
     /// The command's stdin, stdout and stderr are a terminal of the
     /// container (`docker run -t`).
     pub tty: bool,
-}
-
-fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> ExecutorError {
-    move |source| ExecutorError::Sys {
-        what: what.to_owned(),
-        source,
-    }
 }
 
 /// Sends `fd` over the socket `channel`, with one NUL byte.
@@ -119,13 +113,17 @@ pub(crate) fn open_in_container(channel: RawFd) -> Result<OwnedFd, ExecutorError
     nix::pty::grantpt(&master).map_err(sys("grantpt"))?;
     nix::pty::unlockpt(&master).map_err(sys("unlockpt"))?;
     let name = nix::pty::ptsname_r(&master).map_err(sys("ptsname"))?;
-    let slave = nix::fcntl::open(
-        name.as_str(),
-        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(sys("opening the terminal's slave side"))?;
-    let slave = unsafe_ops::own_fd(slave);
+    let slave: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&name)
+        .map_err(|source| ExecutorError::Io {
+            what: "opening the terminal's slave side",
+            path: name.into(),
+            source,
+        })?
+        .into();
     send_fd(channel, master.as_fd())?;
     drop(master);
     let mut answer = [1u8];
@@ -157,23 +155,23 @@ pub(crate) fn make_controlling(slave: OwnedFd, uid: u32, gid: u32) -> Result<(),
 }
 
 /// forge's side of a terminal: the thread copying between the master and
-/// forge's stdin and stdout, and forge's terminal settings to restore.
+/// forge's stdin and stdout. forge's terminal settings, while it is in raw
+/// mode, are in [`RAW_MODE_SAVED`].
 pub(crate) struct Console {
     thread: Option<JoinHandle<()>>,
     /// Write end of the copying thread's control pipe: `w` (the window
     /// changed, written by the `SIGWINCH` handler) and `q` (the command has
     /// ended: copy what is left, then stop).
     control: OwnedFd,
-    /// forge's terminal settings before raw mode.
-    saved: Option<Termios>,
 }
 
-/// forge's terminal settings while a [`Console`] has it in raw mode, for
-/// [`restore_terminal`].
+/// forge's terminal settings while a [`Console`] has it in raw mode: what
+/// [`restore_terminal`] puts back (when the console is dropped, or from a
+/// signal handler about to exit).
 static RAW_MODE_SAVED: Mutex<Option<Termios>> = Mutex::new(None);
 
 /// Puts forge's terminal back as it was if a [`Console`] has it in raw
-/// mode: for a signal handler about to exit (see [`super::kill_all`]).
+/// mode (see [`super::kill_all`] for the signal handler's call).
 pub(crate) fn restore_terminal() {
     let saved = RAW_MODE_SAVED
         .lock()
@@ -184,9 +182,20 @@ pub(crate) fn restore_terminal() {
     }
 }
 
-/// Whether forge's standard input is a terminal.
-pub fn stdin_is_terminal() -> bool {
-    nix::unistd::isatty(std::io::stdin().as_raw_fd()).unwrap_or(false)
+/// Puts forge's terminal (`stdin`) in raw mode, keeping its settings in
+/// [`RAW_MODE_SAVED`]; nothing if it has none to read.
+fn enter_raw_mode(stdin: &std::io::Stdin) -> Result<(), ExecutorError> {
+    let Ok(saved) = termios::tcgetattr(stdin.as_fd()) else {
+        return Ok(());
+    };
+    let mut raw = saved.clone();
+    termios::cfmakeraw(&mut raw);
+    termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)
+        .map_err(sys("setting the terminal to raw mode"))?;
+    *RAW_MODE_SAVED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(saved);
+    Ok(())
 }
 
 impl Console {
@@ -195,32 +204,12 @@ impl Console {
     /// (`forward_stdin`), and starts copying.
     pub(crate) fn start(master: OwnedFd, forward_stdin: bool) -> Result<Self, ExecutorError> {
         let stdin = std::io::stdin();
-        let on_terminal = stdin_is_terminal();
+        let on_terminal = stdin.is_terminal();
         if on_terminal {
             copy_window_size(stdin.as_raw_fd(), master.as_raw_fd());
         }
-        let saved = if forward_stdin && on_terminal {
-            match termios::tcgetattr(stdin.as_fd()) {
-                Ok(saved) => {
-                    let mut raw = saved.clone();
-                    termios::cfmakeraw(&mut raw);
-                    termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)
-                        .map_err(sys("setting the terminal to raw mode"))?;
-                    *RAW_MODE_SAVED
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(saved.clone());
-                    Some(saved)
-                }
-                Err(_) => None,
-            }
-        } else {
-            None
-        };
         let (control_read, control) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("creating a pipe"))?;
-        if on_terminal {
-            unsafe_ops::notify_window_changes(Some(control.as_raw_fd()));
-        }
         let flags = nix::fcntl::fcntl(master.as_raw_fd(), FcntlArg::F_GETFL)
             .map_err(sys("fcntl(F_GETFL)"))?;
         nix::fcntl::fcntl(
@@ -228,46 +217,43 @@ impl Console {
             FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
         )
         .map_err(sys("fcntl(F_SETFL)"))?;
+        if forward_stdin && on_terminal {
+            enter_raw_mode(&stdin)?;
+        }
+        if on_terminal {
+            unsafe_ops::notify_window_changes(Some(control.as_raw_fd()));
+        }
+        // From here on, a failure must undo raw mode and the handler: the
+        // console exists (and its drop does that) only once the thread runs.
         let thread = std::thread::Builder::new()
             .name("forge-console".into())
             .spawn(move || copy_loop(&master, &control_read, forward_stdin))
-            .map_err(|source| ExecutorError::Process {
-                what: "starting the terminal thread",
-                source,
+            .map_err(|source| {
+                unsafe_ops::notify_window_changes(None);
+                restore_terminal();
+                ExecutorError::Process {
+                    what: "starting the terminal thread",
+                    source,
+                }
             })?;
         Ok(Console {
             thread: Some(thread),
             control,
-            saved,
         })
     }
+}
 
-    /// The command has ended: copies what it left on the terminal, stops
-    /// the thread and restores forge's terminal.
-    pub(crate) fn finish(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
+impl Drop for Console {
+    /// The command has ended (or forge is failing): copies what the command
+    /// left on the terminal, stops the thread and restores forge's terminal,
+    /// so that it is never left in raw mode.
+    fn drop(&mut self) {
         unsafe_ops::notify_window_changes(None);
         let _ = nix::unistd::write(&self.control, b"q");
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        if let Some(saved) = self.saved.take() {
-            RAW_MODE_SAVED
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, &saved);
-        }
-    }
-}
-
-impl Drop for Console {
-    /// Never leaves forge's terminal in raw mode, whatever happened.
-    fn drop(&mut self) {
-        self.stop();
+        restore_terminal();
     }
 }
 

@@ -43,7 +43,7 @@ const OVERLAY_UNAVAILABLE_TAG: &str = "\u{1}overlay-unavailable\u{1}";
 /// of the step (a missing source, a bad `--chown`); [`run_action`] turns it
 /// into [`ExecutorError::FileAction`].
 const FILE_ACTION_TAG: &str = "\u{1}file-action\u{1}";
-pub use console::{stdin_is_terminal, Attach};
+pub use console::Attach;
 pub use syscall::{Call, RealSyscall, RecordingSyscall, Syscall};
 
 use crate::ExecutorError;
@@ -431,9 +431,8 @@ fn run_with(
     // registered (kill_all could otherwise hit an unrelated process).
     let waited = wait_unreaped(pid);
     live_sandboxes().pids.remove(&pid);
-    if let Some(console) = console {
-        console.finish();
-    }
+    // The command has ended: copy what it left, restore forge's terminal.
+    drop(console);
     waited?;
     let status = child
         .wait()
@@ -1186,7 +1185,7 @@ fn container_init(
     Err(match err {
         nix::Error::ENOENT => Failure::NotFound(msg),
         nix::Error::EACCES | nix::Error::ENOEXEC => Failure::NotExecutable(msg),
-        e => Failure::Setup(Box::new(sys("execve")(e))),
+        e => sys("execve")(e).into(),
     })
 }
 
