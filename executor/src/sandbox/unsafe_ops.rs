@@ -221,7 +221,7 @@ pub(crate) fn ignore_terminal_signals() {
 }
 
 /// Takes ownership of `fd`, a descriptor the kernel has just installed in
-/// this process's table (from `recvmsg`'s `SCM_RIGHTS`, or `open`).
+/// this process's table (from `recvmsg`'s `SCM_RIGHTS`).
 pub(crate) fn own_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
     // SAFETY: `fd` was just returned by the kernel as a new open descriptor
